@@ -1,0 +1,30 @@
+"""E2LLM for LlamaIndex and LangChain: read whole long documents as soft prompts instead of retrieving a few chunks.
+
+The core (`E2LLM`, `E2LLMConfig`) needs only torch and transformers; the integrations import their frameworks
+lazily, on first use of `E2LLMQueryEngine`, `ChatE2LLM` or `create_e2llm_chain`.
+"""
+
+from .config import E2LLMConfig
+from .context import CompressedContext
+from .errors import E2LLMError
+from .model import E2LLM
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "E2LLMQueryEngine": "e2llm_plugin.integrations.llama_index",
+    "E2LLMSynthesizer": "e2llm_plugin.integrations.llama_index",
+    "E2LLMCustomLLM": "e2llm_plugin.integrations.llama_index",
+    "ChatE2LLM": "e2llm_plugin.integrations.langchain",
+    "create_e2llm_chain": "e2llm_plugin.integrations.langchain",
+}
+
+__all__ = ["E2LLM", "E2LLMConfig", "E2LLMError", "CompressedContext", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'e2llm_plugin' has no attribute {name!r}")

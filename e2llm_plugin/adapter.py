@@ -1,0 +1,72 @@
+"""Adapters that turn one chunk's encoder token states into `k` soft tokens in the decoder's embedding space.
+
+`VPMA` is the paper's: pooling by multi-head attention with the key/value projections mapping straight from the
+encoder's width to the decoder's, so pooling and alignment happen in one step::
+
+    K = X W_K,  V = X W_V;   h = LN(MHA(q, K, V) + q);   c = LN(h + FFN(h))
+
+`MLPAdapter` is the older alternative: mean-pool the chunk, then a two-layer MLP to k tokens.
+Both end with a learned scale, initialised to the size of the decoder's own token embeddings, so soft tokens
+start out looking like tokens to the decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class VPMA(nn.Module):
+    def __init__(self, encoder_dim: int, decoder_dim: int, num_tokens: int = 1, num_heads: int = 4, embed_scale: float = 1.0):
+        super().__init__()
+        if decoder_dim % num_heads:
+            raise ValueError(f"decoder width {decoder_dim} is not divisible by adapter_heads={num_heads}")
+        self.num_heads = num_heads
+        self.seeds = nn.Parameter(torch.randn(num_tokens, decoder_dim) * decoder_dim**-0.5)
+        self.q_proj = nn.Linear(decoder_dim, decoder_dim)
+        self.k_proj = nn.Linear(encoder_dim, decoder_dim)
+        self.v_proj = nn.Linear(encoder_dim, decoder_dim)
+        self.o_proj = nn.Linear(decoder_dim, decoder_dim)
+        self.norm1 = nn.LayerNorm(decoder_dim)
+        self.ffn = nn.Sequential(nn.Linear(decoder_dim, 4 * decoder_dim), nn.GELU(), nn.Linear(4 * decoder_dim, decoder_dim))
+        self.norm2 = nn.LayerNorm(decoder_dim)
+        # LayerNorm output has RMS 1; the decoder's embeddings are much smaller. Start at their RMS.
+        self.scale = nn.Parameter(torch.tensor(float(embed_scale)))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """states (chunks, tokens, encoder_dim), mask (chunks, tokens) -> (chunks, k, decoder_dim)."""
+        n, t, _ = states.shape
+        k, d = self.seeds.shape
+        heads, hd = self.num_heads, d // self.num_heads
+        q = self.q_proj(self.seeds).view(1, k, heads, hd).transpose(1, 2).expand(n, -1, -1, -1)
+        key = self.k_proj(states).view(n, t, heads, hd).transpose(1, 2)
+        value = self.v_proj(states).view(n, t, heads, hd).transpose(1, 2)
+        attn_mask = mask.bool()[:, None, None, :]  # (n, 1, 1, t): padding is never attended
+        pooled = F.scaled_dot_product_attention(q, key, value, attn_mask=attn_mask)
+        pooled = self.o_proj(pooled.transpose(1, 2).reshape(n, k, d))
+        h = self.norm1(pooled + self.seeds)
+        return self.norm2(h + self.ffn(h)) * self.scale
+
+
+class MLPAdapter(nn.Module):
+    def __init__(self, encoder_dim: int, decoder_dim: int, num_tokens: int = 1, embed_scale: float = 1.0):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.mlp = nn.Sequential(
+            nn.Linear(encoder_dim, 4 * decoder_dim), nn.GELU(), nn.Linear(4 * decoder_dim, num_tokens * decoder_dim)
+        )
+        self.norm = nn.LayerNorm(decoder_dim)
+        self.scale = nn.Parameter(torch.tensor(float(embed_scale)))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.to(states.dtype).unsqueeze(-1)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        out = self.mlp(pooled).view(states.shape[0], self.num_tokens, -1)
+        return self.norm(out) * self.scale
+
+
+def build_adapter(kind: str, encoder_dim: int, decoder_dim: int, num_tokens: int, num_heads: int, embed_scale: float) -> nn.Module:
+    if kind == "vpma":
+        return VPMA(encoder_dim, decoder_dim, num_tokens, num_heads, embed_scale)
+    return MLPAdapter(encoder_dim, decoder_dim, num_tokens, embed_scale)

@@ -1,0 +1,69 @@
+"""`e2llm ask FILE [FILE ...] -q QUESTION`: answer a question from whole documents, streaming the answer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .config import MODES
+from .errors import E2LLMError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2llm", description="Answer questions from whole long documents with E2LLM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ask = commands.add_parser("ask", help="answer a question from .pdf, .txt or .md files")
+    ask.add_argument("files", nargs="+", metavar="FILE", help=".pdf, .txt or .md files, read whole")
+    ask.add_argument("-q", "--question", required=True, help="the question to answer")
+    ask.add_argument("--model", default=None, help="checkpoint directory or Hub repo id (default: the shipped checkpoint)")
+    ask.add_argument("--mode", choices=MODES, default=None, help="soft: every chunk as soft tokens; hybrid: plus the raw text of the best chunks")
+    ask.add_argument("--max-new-tokens", type=int, default=None, help="longest answer, in decoder tokens")
+    return parser
+
+
+def ask(args) -> None:
+    from .documents import read_file
+    from .model import E2LLM
+
+    if args.max_new_tokens is not None and args.max_new_tokens <= 0:
+        raise E2LLMError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if not args.question.strip():
+        raise E2LLMError("the question is empty")
+    files = [read_file(path) for path in args.files]  # read everything first: a bad file fails before loading models
+    start = time.perf_counter()
+    model = E2LLM.from_pretrained(args.model)
+    loaded = time.perf_counter()
+    context = model.compress([f.text for f in files])
+    compressed = time.perf_counter()
+    pages = sum(len(f.pages) for f in files)
+    print(
+        f"[e2llm] {len(files)} file(s), {pages} page(s) -> {context.num_chunks} chunks -> {context.num_soft_tokens} soft tokens "
+        f"for {context.num_source_tokens} text tokens ({context.compression_ratio:.0f}x); "
+        f"load {loaded - start:.1f}s, compress {compressed - loaded:.1f}s",
+        file=sys.stderr,
+    )
+    answer = model.answer(args.question, context=context, mode=args.mode, max_new_tokens=args.max_new_tokens)
+    for piece in answer:
+        print(piece, end="", flush=True)
+    print()
+    print(f"[e2llm] mode {answer.mode}, {answer.prompt_tokens} decoder tokens read, answer in {time.perf_counter() - compressed:.1f}s", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # keep the terminal for the answer
+    try:
+        ask(args)
+    except (E2LLMError, OSError) as err:
+        print(f"e2llm: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

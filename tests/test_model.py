@@ -1,0 +1,243 @@
+"""The core API on tiny random models: compression, generation, streaming, modes, save/load, errors, threads."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from e2llm_plugin import CompressedContext, E2LLM, E2LLMConfig, E2LLMError
+from e2llm_plugin.adapter import MLPAdapter, VPMA
+from e2llm_plugin.errors import CheckpointError
+
+from conftest import LOREM
+
+DOCS = [LOREM * 3, "A second, shorter document about the Alps."]
+
+
+def test_compress_stats(tiny_model):
+    ctx = tiny_model.compress(DOCS)
+    assert ctx.num_documents == 2
+    assert ctx.num_chunks == len(ctx.chunks) > 4
+    assert ctx.soft_tokens.shape == (ctx.num_chunks, 1, tiny_model.decoder.dim)
+    assert ctx.num_soft_tokens == ctx.num_chunks
+    assert ctx.num_source_tokens == sum(tiny_model.decoder.count_tokens(d) for d in DOCS)
+    assert ctx.compression_ratio == pytest.approx(ctx.num_source_tokens / ctx.num_soft_tokens)
+    assert set(ctx.stats()) >= {"chunks", "soft_tokens", "source_tokens", "compression_ratio"}
+
+
+def test_soft_tokens_start_at_the_decoders_embedding_scale(tiny_model):
+    soft = tiny_model.compress(DOCS).soft_tokens
+    emb = tiny_model.decoder.model.get_input_embeddings().weight
+    ratio = soft.pow(2).mean().sqrt() / emb.pow(2).mean().sqrt()
+    assert 0.5 < ratio < 2.0
+
+
+def test_generate_equals_joined_stream_and_is_deterministic(tiny_model):
+    ctx = tiny_model.compress(DOCS)
+    answer = tiny_model.generate("When is the National Day?", context=ctx)
+    pieces = list(tiny_model.stream("When is the National Day?", context=ctx))
+    assert "".join(pieces) == answer
+    assert tiny_model.generate("When is the National Day?", documents=DOCS) == answer
+
+
+def test_answer_reports_what_was_read(tiny_model):
+    ctx = tiny_model.compress(DOCS)
+    soft = tiny_model.answer("When is the National Day?", context=ctx, mode="soft")
+    text = "".join(soft)
+    assert soft.text == text and soft.passages == []
+    assert soft.completion_tokens == tiny_model.decoder.count_tokens(text)
+    hybrid = tiny_model.answer("When is the National Day?", context=ctx, mode="hybrid")
+    "".join(hybrid)
+    assert hybrid.passages and hybrid.prompt_tokens > soft.prompt_tokens
+    raw_tokens = sum(tiny_model.decoder.count_tokens(ctx.chunks[i].text) for i, _ in hybrid.passages)
+    assert raw_tokens <= tiny_model.config.hybrid_raw_tokens
+    assert [i for i, _ in hybrid.passages] == sorted(i for i, _ in hybrid.passages)
+
+
+def test_hybrid_ranks_the_relevant_chunk_first(tiny_model):
+    ctx = tiny_model.compress(["The weather was mild all year. " * 8, "Austria's National Day is 26 October.", "Cats sleep a lot. " * 8])
+    best, _ = tiny_model.rank_chunks("What is the National Day of Austria?", ctx)[0]
+    assert "National Day" in ctx.chunks[best].text
+
+
+def test_stop_sequences_cut_the_answer(tiny_model):
+    ctx = tiny_model.compress(DOCS)
+    full = tiny_model.generate("Tell me.", context=ctx, max_new_tokens=16)
+    assert len(full) > 4
+    stop = full[3:6]
+    cut = tiny_model.generate("Tell me.", context=ctx, max_new_tokens=16, stop=[stop])
+    assert cut == full[: full.find(stop)]
+    assert "".join(tiny_model.stream("Tell me.", context=ctx, max_new_tokens=16, stop=[stop])) == cut
+
+
+def test_threads_give_the_same_answers(tiny_model):
+    ctx = tiny_model.compress(DOCS)
+    questions = [f"Question number {i}?" for i in range(6)]
+    sequential = [tiny_model.generate(q, context=ctx, mode="hybrid") for q in questions]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda q: tiny_model.generate(q, context=ctx, mode="hybrid"), questions))
+    assert parallel == sequential
+
+
+def test_concat_contexts(tiny_model):
+    a, b = tiny_model.compress(DOCS[:1]), tiny_model.compress(DOCS[1:])
+    joined = CompressedContext.concat([a, b])
+    whole = tiny_model.compress(DOCS)
+    assert joined.num_documents == 2 and joined.num_chunks == whole.num_chunks
+    assert [c.doc_index for c in joined.chunks] == [c.doc_index for c in whole.chunks]
+    torch.testing.assert_close(joined.soft_tokens, whole.soft_tokens)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(question="", documents=DOCS), "question is empty"),
+    (dict(question="   ", documents=DOCS), "question is empty"),
+    (dict(question="q?"), "nothing to read"),
+    (dict(question="q?", documents=[]), "no documents"),
+    (dict(question="q?", documents=[""]), "empty or whitespace"),
+    (dict(question="q?", documents=[b"raw bytes"]), "bytes"),
+    (dict(question="q?", documents=DOCS, mode="telepathy"), "unknown mode"),
+    (dict(question="q?", documents=DOCS, max_new_tokens=0), "max_new_tokens"),
+    (dict(question="q?", documents=DOCS, max_new_tokens=-3), "max_new_tokens"),
+    (dict(question="q?", context="not a context"), "CompressedContext"),
+])
+def test_bad_input_raises_clear_errors(tiny_model, kwargs, message):
+    with pytest.raises(E2LLMError, match=message):
+        tiny_model.generate(**kwargs)
+
+
+def test_a_document_too_long_for_the_decoder_is_refused_not_truncated(tiny_model):
+    long_doc = "word " * 30000  # ~1250 chunks of 24 tokens > the tiny decoder's 1024 positions
+    with pytest.raises(E2LLMError, match="decoder reads at most"):
+        tiny_model.generate("q?", documents=[long_doc])
+
+
+@pytest.mark.parametrize("field, value", [("mode", "x"), ("adapter", "transformer"), ("chunk_tokens", 2), ("soft_tokens_per_chunk", 0)])
+def test_config_validation(field, value):
+    with pytest.raises(E2LLMError, match=field if field != "adapter" else "adapter"):
+        E2LLMConfig(**{field: value})
+
+
+@pytest.mark.parametrize("adapter_cls", [VPMA, MLPAdapter])
+@pytest.mark.parametrize("k", [1, 3])
+def test_adapters_shape_and_ignore_padding(adapter_cls, k):
+    torch.manual_seed(0)
+    adapter = adapter_cls(16, 24, k, embed_scale=0.1) if adapter_cls is MLPAdapter else adapter_cls(16, 24, k, 4, 0.1)
+    states = torch.randn(2, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    out = adapter(states, mask)
+    assert out.shape == (2, k, 24)
+    noisy = states.clone()
+    noisy[0, 3:] = 100.0  # changing padded positions must not change the pooled tokens
+    torch.testing.assert_close(adapter(noisy, mask), out)
+
+
+def test_mlp_adapter_and_k_soft_tokens_end_to_end(tiny_config):
+    import dataclasses
+
+    model = E2LLM(dataclasses.replace(tiny_config, adapter="mlp", soft_tokens_per_chunk=2))
+    ctx = model.compress(DOCS)
+    assert ctx.num_soft_tokens == 2 * ctx.num_chunks
+    assert isinstance(model.generate("q?", context=ctx), str)
+
+
+# ---- save / load ------------------------------------------------------------------------------------------------
+
+def test_save_load_round_trip_gives_identical_answers(tiny_model, tiny_checkpoint):
+    files = sorted(p.name for p in tiny_checkpoint.iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors"]
+    assert "E2LLM" in (tiny_checkpoint / "README.md").read_text()
+    loaded = E2LLM.from_pretrained(tiny_checkpoint)
+    for name, tensor in tiny_model.trained_state_dict().items():
+        torch.testing.assert_close(loaded.trained_state_dict()[name], tensor, rtol=0, atol=0)
+    for mode in ("soft", "hybrid"):
+        assert loaded.generate("When?", documents=DOCS, mode=mode) == tiny_model.generate("When?", documents=DOCS, mode=mode)
+
+
+def test_saved_weights_hold_only_adapter_and_lora(tiny_model):
+    names = tiny_model.trained_state_dict()
+    assert any(n.startswith("adapter.") for n in names)
+    assert any("lora_" in n and n.startswith("encoder.") for n in names)
+    assert any("lora_" in n and n.startswith("decoder.") for n in names)
+    assert not any("embed_tokens" in n for n in names)
+
+
+def test_overrides_on_load(tiny_checkpoint):
+    assert E2LLM.from_pretrained(tiny_checkpoint, mode="hybrid").config.mode == "hybrid"
+    with pytest.raises(E2LLMError, match="unknown config fields"):
+        E2LLM.from_pretrained(tiny_checkpoint, colour="blue")
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_weights(tiny_checkpoint, tmp_path):
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        E2LLM.from_pretrained(bad)
+
+
+def test_broken_config(tiny_checkpoint, tmp_path):
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    (bad / "config.json").write_text('{"encoder": ')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        E2LLM.from_pretrained(bad)
+
+
+def test_dims_that_do_not_fit_the_adapter(tiny_checkpoint, tmp_path):
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    config = json.loads((bad / "config.json").read_text())
+    config["encoder_dim"] = 1024  # as if trained with gte-large
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="width 1024"):
+        E2LLM.from_pretrained(bad)
+
+
+def test_weights_from_another_architecture(tiny_checkpoint, tmp_path):
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    config = json.loads((bad / "config.json").read_text())
+    config["soft_tokens_per_chunk"] = 4
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape"):
+        E2LLM.from_pretrained(bad)
+
+
+def test_missing_checkpoint_pieces(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        E2LLM.from_pretrained(tmp_path)
+    bad = _copy(tiny_checkpoint, tmp_path / "bad")
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no trained weights"):
+        E2LLM.from_pretrained(bad)
+    with pytest.raises(CheckpointError, match="neither"):
+        E2LLM.from_pretrained("./no/such/dir")
+
+
+def test_hub_id_resolves_from_the_local_hf_cache(tiny_checkpoint, tmp_path, monkeypatch):
+    """A Hub repo id goes through huggingface_hub; offline, a cached snapshot is used, an uncached one is a clear error."""
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--org--tiny-e2llm" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_checkpoint, snapshot)
+    (tmp_path / "hub" / "models--org--tiny-e2llm" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny-e2llm" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = E2LLM.from_pretrained("org/tiny-e2llm", cache_dir=str(tmp_path / "hub"))
+    assert model.config.chunk_tokens == 24
+    with pytest.raises(CheckpointError, match="Hub"):
+        E2LLM.from_pretrained("org/not-cached", cache_dir=str(tmp_path / "hub"))
+
+
+def test_save_over_an_existing_checkpoint_replaces_it_whole(tiny_model, tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    tiny_model.save_pretrained(target)
+    assert not (target / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
