@@ -1,0 +1,39 @@
+"""``python -m e2llm_plugin.data_builders --out DIR``: build every data file (see the package docstring)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+from . import Sizes, build
+from .sources import SourceMissing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2llm_plugin.data_builders", description=__doc__)
+    parser.add_argument("--out", required=True, help="directory for the JSONL files and manifest.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-train", type=int, default=None, help="cap on train.jsonl lines")
+    parser.add_argument("--max-test", type=int, default=None, help="questions per test file (default 150)")
+    parser.add_argument("--max-haystack", type=int, default=None, help="haystack questions (default 50)")
+    parser.add_argument("--quick", action="store_true", help="a tiny version in seconds, for tests")
+    args = parser.parse_args(argv)
+
+    sizes = Sizes.quick(args.max_train) if args.quick else Sizes(max_train=args.max_train)
+    overrides = {"max_test": args.max_test, "max_haystack": args.max_haystack}
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    started = time.perf_counter()
+    try:
+        manifest = build(args.out, args.seed, sizes)
+    except SourceMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, summary in manifest["files"].items():
+        print(f"{name}: {summary['lines']} lines, {summary['mean_context_words']} context words on average")
+    print(f"built in {time.perf_counter() - started:.1f} s into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

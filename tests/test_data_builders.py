@@ -1,0 +1,157 @@
+"""Data builders: output contract, split hygiene and determinism, on the real corpora where installed.
+
+The corpus-backed tests build the ``--quick`` version once per module (about 15 s) and skip, naming the
+install command, when a corpus is missing. The pure-function tests below need no corpus.
+"""
+from __future__ import annotations
+
+import json
+import random
+import struct
+
+import pytest
+
+from e2llm_plugin.data_builders import Sizes, build
+from e2llm_plugin.data_builders import factbook as fb
+from e2llm_plugin.data_builders import prose, sources
+
+FILES = ("train.jsonl", "eval.jsonl", "test_factbook_single.jsonl", "test_factbook_haystack.jsonl",
+         "test_heldout_field.jsonl", "test_unseen_kinds.jsonl")
+
+
+def _lines(directory, name) -> list[dict]:
+    return [json.loads(line) for line in (directory / name).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    try:
+        manifest = build(out, seed=0, sizes=Sizes.quick())
+    except sources.SourceMissing as err:
+        pytest.skip(f"corpus not installed: {err}")
+    return out, manifest
+
+
+# --- pure functions -------------------------------------------------------------------------------------
+
+def test_answer_is_first_clause_without_notes():
+    assert fb.answer_from("National Day, 26 October (1955); note - commemorates neutrality") == \
+        "National Day, 26 October (1955)"
+    assert fb.answer_from("Army (Armee de Terre; includes Marines), Navy; Air Force") == \
+        "Army (Armee de Terre; includes Marines), Navy"
+    assert fb.answer_from("none (overseas department of France)") is None
+    assert fb.answer_from(" ".join(["word"] * 20)) is None
+
+
+def test_name_pattern_matches_whole_words_only():
+    pattern = fb.name_pattern(["Niger", "Oman"])
+    assert pattern.search("exports to Niger, mostly")
+    assert not pattern.search("Nigeria and Romania")
+    assert not pattern.search("a woman")
+
+
+def test_r_unserialize_reads_a_named_character_vector():
+    def i32(value):
+        return struct.pack(">i", value)
+
+    def charsxp(text):
+        return i32(9) + i32(len(text)) + text.encode()
+
+    names = i32(2 | 1 << 10) + i32(1) + charsxp("names") + i32(16) + i32(1) + charsxp("emma") + i32(254)
+    vector = i32(19 | 1 << 9) + i32(1) + i32(16) + i32(2) + charsxp("Line one") + charsxp("") + names
+    blob = b"X\n" + i32(3) + i32(0x40200) + i32(0x30500) + i32(5) + b"UTF-8" + vector
+    assert sources.r_unserialize(blob) == {"emma": ["Line one", ""]}
+
+
+def test_cloze_and_continuation_answers_come_from_the_context():
+    text = " ".join(f"Sentence number {i} talks about the river crossing near village {i} today." for i in range(80))
+    rng = random.Random(0)
+    for make in (prose.cloze, prose.continuation, prose.preceding):
+        prompt, answer = make(text, rng)
+        assert answer and answer in text and prompt
+
+
+# --- built files ----------------------------------------------------------------------------------------
+
+def test_every_line_fits_the_format(built):
+    out, manifest = built
+    for name in FILES:
+        examples = _lines(out, name)
+        assert examples, name
+        assert manifest["files"][name]["lines"] == len(examples)
+        for e in examples:
+            if "text" in e:
+                assert name in ("train.jsonl", "eval.jsonl") and e["text"].strip() and e["source"]
+                continue
+            assert isinstance(e["prompt"], str) and e["prompt"].strip()
+            assert isinstance(e["answer"], str) and e["answer"].strip()
+            assert isinstance(e["context"], (str, list)) and e["context"]
+            assert all(isinstance(c, str) and c.strip() for c in ([e["context"]] if isinstance(e["context"], str)
+                                                                  else e["context"]))
+            assert e["task"] and e["source"] and e["doc_id"]
+
+
+def test_extractive_answers_appear_in_their_context(built):
+    out, _ = built
+    for name in FILES:
+        for e in _lines(out, name):
+            if e.get("extractive"):
+                context = e["context"] if isinstance(e["context"], str) else "\n".join(e["context"])
+                assert e["answer"] in context, (name, e["prompt"], e["answer"])
+
+
+def test_test_countries_never_reach_train_or_eval(built):
+    out, manifest = built
+    test_names = manifest["split"]["test_countries"]
+    assert len(test_names) == len(set(test_names)) > 10
+    assert not set(test_names) & set(manifest["split"]["train_countries"] + manifest["split"]["eval_countries"])
+    pattern = fb.name_pattern(test_names)
+    test_codes = {e["doc_id"] for e in _lines(out, "test_factbook_single.jsonl")}
+    for name in ("train.jsonl", "eval.jsonl"):
+        for e in _lines(out, name):
+            assert not pattern.search(json.dumps(e, ensure_ascii=False)), (name, pattern.search(json.dumps(e)))
+            assert not (e["source"] == "factbook" and e["doc_id"] in test_codes)
+
+
+def test_test_files_use_test_countries_only(built):
+    out, manifest = built
+    test_names = set(manifest["split"]["test_countries"])
+    for name in ("test_factbook_single.jsonl", "test_factbook_haystack.jsonl", "test_heldout_field.jsonl"):
+        for e in _lines(out, name):
+            assert e["country"] in test_names
+            docs = [e["context"]] if isinstance(e["context"], str) else e["context"]
+            assert {d.splitlines()[0].removeprefix("CIA World Factbook profile of ") for d in docs} <= test_names
+    for e in _lines(out, "test_factbook_haystack.jsonl"):
+        assert e["country"] in e["context"][e["needle_index"]].splitlines()[0]
+        assert 20_000 <= e["approx_tokens"] <= 100_000
+
+
+def test_held_out_field_is_never_asked_in_train_or_eval(built):
+    out, manifest = built
+    held_out = manifest["split"]["held_out_field"]
+    assert held_out not in manifest["split"]["trained_fields"]
+    for name in ("train.jsonl", "eval.jsonl", "test_factbook_single.jsonl", "test_factbook_haystack.jsonl"):
+        for e in _lines(out, name):
+            assert e.get("field") != held_out
+    assert {e["field"] for e in _lines(out, "test_heldout_field.jsonl")} == {held_out}
+
+
+def test_unseen_kinds_stay_out_of_training(built):
+    out, manifest = built
+    train = _lines(out, "train.jsonl") + _lines(out, "eval.jsonl")
+    assert not any(e["source"] == "acl" and "prompt" in e for e in train), "ACL is an unseen reasoning kind"
+    assert not {e.get("task") for e in train} & {"preceding", "summary"}
+    unseen = _lines(out, "test_unseen_kinds.jsonl")
+    seen_docs = {(e["source"], e["doc_id"]) for e in train}
+    assert not {(e["source"], e["doc_id"]) for e in unseen} & seen_docs
+    assert {e["doc_id"] for e in unseen if e["source"] == "sotu"} <= set(manifest["split"]["test_speeches"])
+
+
+def test_same_seed_same_bytes_other_seed_other_data(built, tmp_path):
+    out, _ = built
+    build(tmp_path / "again", seed=0, sizes=Sizes.quick())
+    for name in FILES + ("manifest.json",):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+    build(tmp_path / "other", seed=1, sizes=Sizes.quick())
+    assert (tmp_path / "other" / "train.jsonl").read_bytes() != (out / "train.jsonl").read_bytes()
