@@ -257,6 +257,10 @@ class E2LLM(
                         adapter=self.config.adapter, k=self.config.soft_tokens_per_chunk, repo_id=repo_id)
             card.update(model_card_kwargs or {})
             self.generate_model_card(**card).save(tmp / "README.md")
+            # mkdtemp makes a private directory; a checkpoint is meant to be shared (and packaged).
+            os.chmod(tmp, 0o755)
+            for file in tmp.iterdir():
+                os.chmod(file, 0o644)
             _replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
