@@ -1,0 +1,59 @@
+"""End to end on the real embedded models (SmolLM2-135M + MiniLM) and the shipped checkpoint, offline."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2llm_plugin import E2LLM
+
+from conftest import make_pdf
+
+pytestmark = pytest.mark.slow
+EXAMPLE = Path(__file__).parent.parent / "examples" / "factbook_finland.txt"
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return E2LLM.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def thirty_page_pdf(tmp_path_factory):
+    words = EXAMPLE.read_text().split()
+    per_page = -(-len(words) // 30)
+    path = tmp_path_factory.mktemp("pdf") / "finland.pdf"
+    make_pdf(path, [" ".join(words[i : i + per_page]) for i in range(0, len(words), per_page)])
+    return path
+
+
+def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
+    text = EXAMPLE.read_text()
+    ctx = shipped.compress([text])
+    assert ctx.num_chunks > 50 and ctx.compression_ratio > 50
+    question = "What is the national holiday of Finland?"
+    answers = {mode: shipped.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in ("soft", "hybrid")}
+    assert all(isinstance(a, str) and a for a in answers.values())
+    assert "".join(shipped.stream(question, context=ctx, max_new_tokens=24)) == answers["soft"]
+    shipped.save_pretrained(tmp_path / "copy")
+    copy = E2LLM.from_pretrained(tmp_path / "copy")
+    assert {mode: copy.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in answers} == answers
+
+
+def test_cli_answers_over_a_thirty_page_pdf(thirty_page_pdf):
+    proc = subprocess.run([sys.executable, "-m", "e2llm_plugin", "ask", str(thirty_page_pdf), "-q",
+                           "What is the national holiday of Finland?", "--max-new-tokens", "24"],
+                          capture_output=True, text=True, env=OFFLINE, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "30 page(s)" in proc.stderr and proc.stdout.strip()
+
+
+def test_installed_package_loads_its_shipped_checkpoint_from_anywhere(tmp_path):
+    """Run outside the source tree, so a non-editable install must find the checkpoint inside the package."""
+    code = ("import e2llm_plugin, e2llm_plugin.model as m; from e2llm_plugin import E2LLM; "
+            "print(m.resolve_checkpoint(None)); E2LLM.from_pretrained()")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=OFFLINE, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
