@@ -15,6 +15,7 @@ _LAZY = {
     "E2LLMQueryEngine": "e2llm_plugin.integrations.llama_index",
     "E2LLMSynthesizer": "e2llm_plugin.integrations.llama_index",
     "E2LLMCustomLLM": "e2llm_plugin.integrations.llama_index",
+    "E2LLMEmbedding": "e2llm_plugin.integrations.llama_index",
     "ChatE2LLM": "e2llm_plugin.integrations.langchain",
     "create_e2llm_chain": "e2llm_plugin.integrations.langchain",
 }

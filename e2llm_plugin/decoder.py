@@ -75,40 +75,53 @@ class Decoder(nn.Module):
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     # ---- prompt ---------------------------------------------------------------------------------------------
-    def _template(self, instruction: str, raw: str | None) -> tuple[str, str]:
+    def _template(self, instruction: str, raw: str | None, history: list[dict] | None = None) -> tuple[str, str]:
+        """The prompt as text around the soft-token slot. Earlier chat turns (system included) come first, as real
+        turns; the paper's prompt is the last user turn, as in training."""
         content = f"Given the contexts: {_SLOT}"
         if raw:
             content += f" Relevant passages:\n{raw}\n"
         content += f" Please follow the instruction: {instruction}"
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-        else:  # a base model without a chat template reads the bare prompt
-            text = content + "\n"
+        text = self._render([*(history or []), {"role": "user", "content": content}])
         prefix, suffix = text.split(_SLOT)
         return prefix, suffix
+
+    def _render(self, messages: list[dict]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n".join(m["content"] for m in messages) + "\n"  # a base model without a chat template
 
     def _ids(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long, device=self.device)
 
-    def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None, max_new_tokens: int = 0) -> Prompt:
+    def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None,
+                     max_new_tokens: int = 0, history: list[dict] | None = None) -> Prompt:
         """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given."""
-        prefix, suffix = self._template(instruction, raw)
+        prefix, suffix = self._template(instruction, raw, history)
         embed = self.model.get_input_embeddings()
         prefix_ids, suffix_ids = self._ids(prefix), self._ids(suffix)
         target_ids = self._ids(target + self.end_text) if target is not None else prefix_ids[:0]
         parts = [embed(prefix_ids), soft.to(embed.weight.dtype), embed(suffix_ids), embed(target_ids)]
         embeds = torch.cat(parts).unsqueeze(0)
-        total = embeds.shape[1] + max_new_tokens
-        if total > self.max_tokens:
-            raise E2LLMError(
-                f"the prompt needs {embeds.shape[1]} decoder tokens (+{max_new_tokens} to generate) but the decoder "
-                f"reads at most {self.max_tokens}; use fewer or shorter documents, larger chunks, or fewer soft tokens per chunk"
-            )
+        self._check_length(embeds.shape[1], max_new_tokens)
         labels = None
         if target is not None:
             labels = torch.full(embeds.shape[:2], -100, dtype=torch.long, device=self.device)
             labels[0, embeds.shape[1] - len(target_ids) :] = target_ids
         return Prompt(embeds, labels)
+
+    def chat_prompt(self, messages: list[dict], max_new_tokens: int = 0) -> Prompt:
+        """A plain chat prompt, no soft tokens: the decoder as an ordinary chat model."""
+        ids = self._ids(self._render(messages))
+        self._check_length(len(ids), max_new_tokens)
+        return Prompt(self.model.get_input_embeddings()(ids).unsqueeze(0))
+
+    def _check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if prompt_tokens + max_new_tokens > self.max_tokens:
+            raise E2LLMError(
+                f"the prompt needs {prompt_tokens} decoder tokens (+{max_new_tokens} to generate) but the decoder "
+                f"reads at most {self.max_tokens}; use fewer or shorter documents, larger chunks, or fewer soft tokens per chunk"
+            )
 
     def loss(self, prompt: Prompt) -> torch.Tensor:
         return self.model(inputs_embeds=prompt.embeds, labels=prompt.labels).loss

@@ -6,6 +6,7 @@ Read top to bottom: building the parts, compressing documents, reading a questio
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -68,8 +69,8 @@ print(model.generate("What is this about?", documents=[open("long.txt").read()])
 class Answer:
     """One answer being generated. Iterate it for text pieces; the fields describe what the decoder read."""
 
-    context: CompressedContext
-    mode: str
+    context: CompressedContext | None  # None for a plain chat turn (`E2LLM.chat` without documents)
+    mode: str  # "soft", "hybrid" or "chat"
     prompt_tokens: int  # decoder positions read before the answer (soft + text)
     passages: list[tuple[int, float]] = field(default_factory=list)  # (chunk index, similarity) read as raw text
     completion_tokens: int = 0
@@ -134,6 +135,11 @@ class E2LLM(
     @torch.inference_mode()
     def compress(self, documents, show_progress: bool | None = None) -> CompressedContext:
         """Chunk and encode documents once; the result answers any number of questions."""
+        return CompressedContext.concat(self.compress_each(documents, show_progress))
+
+    @torch.inference_mode()
+    def compress_each(self, documents, show_progress: bool | None = None) -> list[CompressedContext]:
+        """One context per document, encoded in shared batches (for callers that cache per document)."""
         documents = validate_documents(documents)
         chunks = self.chunker.split(documents)
         texts = [c.text for c in chunks]
@@ -144,13 +150,19 @@ class E2LLM(
             for i in range(0, len(texts), size):
                 soft.append(self.soft_tokens(texts[i : i + size]))
                 bar.update(len(texts[i : i + size]))
-        return CompressedContext(
-            chunks=chunks,
-            soft_tokens=torch.cat(soft),
-            num_documents=len(documents),
-            num_source_tokens=sum(self.decoder.count_tokens(d) for d in documents),
-            num_source_tokens_cl100k=count_cl100k(documents),
-        )
+        soft = torch.cat(soft)
+        contexts, start = [], 0
+        for document, (_, group) in zip(documents, itertools.groupby(chunks, key=lambda c: c.doc_index)):
+            mine = [dataclasses.replace(c, doc_index=0) for c in group]  # chunks come out in document order
+            contexts.append(CompressedContext(
+                chunks=mine,
+                soft_tokens=soft[start : start + len(mine)],
+                num_documents=1,
+                num_source_tokens=self.decoder.count_tokens(document),
+                num_source_tokens_cl100k=count_cl100k([document]),
+            ))
+            start += len(mine)
+        return contexts
 
     # ---- reading ---------------------------------------------------------------------------------------------
     def rank_chunks(self, question: str, context: CompressedContext) -> list[tuple[int, float]]:
@@ -174,7 +186,9 @@ class E2LLM(
                 break
         return sorted(chosen)
 
-    def _check_question(self, question) -> str:
+    @staticmethod
+    def check_question(question) -> str:
+        """The question, stripped; an `E2LLMError` if it is not a non-empty string."""
         if not isinstance(question, str) or not question.strip():
             raise E2LLMError("the question is empty: pass a non-empty string")
         return question.strip()
@@ -190,7 +204,8 @@ class E2LLM(
             raise E2LLMError(f"context must be a CompressedContext from model.compress(), got {type(context).__name__}")
         return context
 
-    def prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None) -> tuple[Prompt, list]:
+    def prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None,
+               history: list[dict] | None = None) -> tuple[Prompt, list]:
         """The decoder's prompt for a question over a context, and the raw passages it includes (hybrid)."""
         passages = []
         raw = None
@@ -199,22 +214,44 @@ class E2LLM(
             raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
         soft = context.soft_tokens.reshape(-1, context.soft_tokens.shape[-1])
         instruction = ANSWER_INSTRUCTION.format(question=question)
-        return self.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens), passages
+        prompt = self.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens, history=history)
+        return prompt, passages
 
     def answer(self, question: str, documents=None, context: CompressedContext | None = None, mode: str | None = None,
-               max_new_tokens: int | None = None, stop: list[str] | None = None) -> Answer:
-        """Prepare an answer: validates everything up front, then iterate the result for text pieces."""
-        question = self._check_question(question)
+               max_new_tokens: int | None = None, stop: list[str] | None = None, history: list[dict] | None = None) -> Answer:
+        """Prepare an answer: validates everything up front, then iterate the result for text pieces.
+
+        `history`: earlier chat turns (``{"role", "content"}`` dicts, a system message included) placed before the
+        question's turn, which holds the compressed context."""
+        question = self.check_question(question)
         mode = mode or self.config.mode
         if mode not in MODES:
             raise E2LLMError(f"unknown mode {mode!r}; choose one of {MODES}")
+        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
+        context = self._context(documents, context)
+        with torch.inference_mode():
+            prompt, passages = self.prompt(question, context, mode, max_new_tokens, history=_check_messages(history or [], final_user=False))
+        return self._start(Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages), prompt, max_new_tokens, stop)
+
+    def chat(self, messages: list[dict], documents=None, context: CompressedContext | None = None, mode: str | None = None,
+             max_new_tokens: int | None = None, stop: list[str] | None = None) -> Answer:
+        """A chat turn. With documents or a context, the last user message is the question over them and earlier
+        turns stay real turns; without, the decoder answers as a plain chat model (nothing is compressed)."""
+        messages = _check_messages(messages, final_user=True)
+        if documents is not None or context is not None:
+            return self.answer(messages[-1]["content"], documents, context, mode, max_new_tokens, stop, history=messages[:-1])
+        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
+        with torch.inference_mode():
+            prompt = self.decoder.chat_prompt(messages, max_new_tokens)
+        return self._start(Answer(context=None, mode="chat", prompt_tokens=prompt.num_tokens), prompt, max_new_tokens, stop)
+
+    def _check_max_new_tokens(self, max_new_tokens) -> int:
         max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise E2LLMError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        context = self._context(documents, context)
-        with torch.inference_mode():
-            prompt, passages = self.prompt(question, context, mode, max_new_tokens)
-        result = Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages)
+        return max_new_tokens
+
+    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str] | None) -> Answer:
         result._pieces = self._counted(result, self.decoder.stream_text(prompt, max_new_tokens, stop))
         return result
 
@@ -313,6 +350,18 @@ class E2LLM(
                     f"{tuple(expected[name].shape)}; the encoder/decoder named in the config are not the ones trained"
                 )
         self.load_state_dict(loaded, strict=False)
+
+
+def _check_messages(messages, final_user: bool) -> list[dict]:
+    """Chat messages as ``{"role": "system"|"user"|"assistant", "content": str}`` dicts."""
+    if not isinstance(messages, (list, tuple)) or (final_user and not messages):
+        raise E2LLMError("messages must be a non-empty list of {'role', 'content'} dicts")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") or not isinstance(message.get("content"), str):
+            raise E2LLMError(f"message {i} must be a dict with role system/user/assistant and str content, got {message!r:.80}")
+    if final_user and (messages[-1]["role"] != "user" or not messages[-1]["content"].strip()):
+        raise E2LLMError("the last message must be a non-empty user message: the question to answer")
+    return list(messages)
 
 
 def resolve_checkpoint(path_or_repo_id, **hub_kwargs) -> Path:

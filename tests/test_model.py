@@ -241,3 +241,49 @@ def test_save_over_an_existing_checkpoint_replaces_it_whole(tiny_model, tmp_path
     tiny_model.save_pretrained(target)
     assert not (target / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+
+
+def test_compress_each_matches_one_context_per_document(tiny_model):
+    each = tiny_model.compress_each(DOCS)
+    assert len(each) == 2 and all(c.num_documents == 1 for c in each)
+    for ctx, doc in zip(each, DOCS):
+        alone = tiny_model.compress([doc])
+        assert [c.text for c in ctx.chunks] == [c.text for c in alone.chunks]
+        assert ctx.num_source_tokens == alone.num_source_tokens
+        torch.testing.assert_close(ctx.soft_tokens, alone.soft_tokens, rtol=1e-4, atol=1e-5)
+
+
+def test_plain_chat_prompt(tiny_model):
+    prompt = tiny_model.decoder.chat_prompt([{"role": "user", "content": "Hello there"}], max_new_tokens=4)
+    assert prompt.num_tokens > 3
+    with pytest.raises(E2LLMError, match="decoder reads at most"):
+        tiny_model.decoder.chat_prompt([{"role": "user", "content": "word " * 2000}])
+
+
+def test_chat_keeps_earlier_turns_and_reads_the_context_in_the_last(tiny_model):
+    ctx = tiny_model.compress(DOCS)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "When is the National Day?"}]
+    with_context = tiny_model.chat(messages, context=ctx)
+    text = "".join(with_context)
+    assert with_context.mode == tiny_model.config.mode and with_context.context is ctx
+    single = tiny_model.answer("When is the National Day?", context=ctx)
+    "".join(single)
+    assert with_context.prompt_tokens > single.prompt_tokens  # the earlier turns are in the prompt
+    again = tiny_model.answer("When is the National Day?", context=ctx, history=messages[:-1])
+    assert "".join(again) == text
+    plain = tiny_model.chat(messages)
+    assert plain.mode == "chat" and plain.context is None and plain.prompt_tokens < with_context.prompt_tokens
+    assert isinstance("".join(plain), str)
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([], "non-empty list"),
+    ([{"role": "user", "content": ""}], "last message must be a non-empty user"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "last message"),
+    ([{"role": "robot", "content": "q"}], "role system/user/assistant"),
+    (["just a string"], "must be a dict"),
+])
+def test_chat_rejects_bad_messages(tiny_model, messages, message):
+    with pytest.raises(E2LLMError, match=message):
+        tiny_model.chat(messages)
