@@ -11,12 +11,9 @@ import struct
 
 import pytest
 
-from e2llm_plugin.data_builders import Sizes, build
+from e2llm_plugin.data_builders import FILES, SHORT_TEST_WORDS, Sizes, build
 from e2llm_plugin.data_builders import factbook as fb
 from e2llm_plugin.data_builders import prose, sources
-
-FILES = ("train.jsonl", "eval.jsonl", "test_factbook_single.jsonl", "test_factbook_haystack.jsonl",
-         "test_heldout_field.jsonl", "test_unseen_kinds.jsonl")
 
 
 def _lines(directory, name) -> list[dict]:
@@ -122,6 +119,12 @@ def test_test_files_use_test_countries_only(built):
             assert e["country"] in test_names
             docs = [e["context"]] if isinstance(e["context"], str) else e["context"]
             assert {d.splitlines()[0].removeprefix("CIA World Factbook profile of ") for d in docs} <= test_names
+    for e in _lines(out, "test_factbook_short.jsonl"):
+        assert e["country"] in test_names
+        # every flattened line starts with its country's name: only test countries, as question or distractor
+        assert {line.split(" - ", 1)[0] for line in e["context"].splitlines()} <= test_names
+        assert SHORT_TEST_WORDS[0] <= len(e["context"].split()) <= SHORT_TEST_WORDS[1]
+        assert e["field"] != fb.HELD_OUT_FIELD and e["approx_tokens"] > 0
     for e in _lines(out, "test_factbook_haystack.jsonl"):
         assert e["country"] in e["context"][e["needle_index"]].splitlines()[0]
         assert 20_000 <= e["approx_tokens"] <= 100_000
@@ -131,7 +134,8 @@ def test_held_out_field_is_never_asked_in_train_or_eval(built):
     out, manifest = built
     held_out = manifest["split"]["held_out_field"]
     assert held_out not in manifest["split"]["trained_fields"]
-    for name in ("train.jsonl", "eval.jsonl", "test_factbook_single.jsonl", "test_factbook_haystack.jsonl"):
+    for name in ("train.jsonl", "eval.jsonl", "test_factbook_short.jsonl", "test_factbook_single.jsonl",
+                 "test_factbook_haystack.jsonl"):
         for e in _lines(out, name):
             assert e.get("field") != held_out
     assert {e["field"] for e in _lines(out, "test_heldout_field.jsonl")} == {held_out}
@@ -155,3 +159,18 @@ def test_same_seed_same_bytes_other_seed_other_data(built, tmp_path):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
     build(tmp_path / "other", seed=1, sizes=Sizes.quick())
     assert (tmp_path / "other" / "train.jsonl").read_bytes() != (out / "train.jsonl").read_bytes()
+
+
+def test_only_rebuilds_the_named_files_byte_identically(built, tmp_path):
+    out, manifest = built
+    target = tmp_path / "partial"
+    target.mkdir()
+    (target / "manifest.json").write_bytes((out / "manifest.json").read_bytes())
+    (target / "train.jsonl").write_text("untouched\n")
+    build(target, seed=0, sizes=Sizes.quick(), only=["test_factbook_short.jsonl"])
+    assert (target / "test_factbook_short.jsonl").read_bytes() == (out / "test_factbook_short.jsonl").read_bytes()
+    assert (target / "train.jsonl").read_text() == "untouched\n"
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "test_factbook_short.jsonl", "train.jsonl"]
+    assert (target / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+    with pytest.raises(ValueError, match="unknown data file"):
+        build(target, seed=0, sizes=Sizes.quick(), only=["nope.jsonl"])

@@ -7,6 +7,8 @@ understanding lines ``{"text", "source", "doc_id"}``, plus ``manifest.json`` (co
 - ``train.jsonl`` / ``eval.jsonl``: understanding windows of SOTU speeches, Python docs, Austen chapters,
   ACL papers and Factbook profiles; Factbook QA (the main reasoning task) and cloze / continuation over
   prose, all with short (600-1,500-word) contexts so a CPU step stays cheap. Eval uses held-out documents.
+- ``test_factbook_short.jsonl``: QA over short (500-1,000-word) contexts of test countries, built like the
+  training QA, so that reading the whole context as text fits a 2k-token decoder window (full-context baseline).
 - ``test_factbook_single.jsonl``: QA over one whole profile of a test country.
 - ``test_factbook_haystack.jsonl``: the same over 20k-100k tokens of whole test-country profiles.
 - ``test_heldout_field.jsonl``: QA about a field never asked in train/eval (``factbook.HELD_OUT_FIELD``).
@@ -103,10 +105,33 @@ def _country_mentions() -> dict[str, int]:
     return fb.count_mentions([a for p in fb.load_profiles(sources.factbook_profiles()) for a in p.aliases], texts)
 
 
-def build(out_dir: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> dict:
-    """Write every file into ``out_dir`` and return the manifest."""
+# Short test contexts: the lower part of the training range, so whole contexts fit 2k decoder tokens (~1.8/word).
+SHORT_TEST_WORDS = (500, 1000)
+FILES = ("train.jsonl", "eval.jsonl", "test_factbook_short.jsonl", "test_factbook_single.jsonl",
+         "test_factbook_haystack.jsonl", "test_heldout_field.jsonl", "test_unseen_kinds.jsonl")
+
+
+def short_test_qa(test_countries: list, n: int, rng: random.Random) -> list[dict]:
+    """Training-style QA (answer block + distractor blocks, test countries only) over short contexts."""
+    low, high = SHORT_TEST_WORDS
+    out = fb.short_context_qa(test_countries, n, rng, min_words=low, max_words=high)
+    for example in out:
+        example["approx_tokens"] = fb.approx_tokens(example["context"])
+    return out
+
+
+def build(out_dir: str | Path, seed: int = 0, sizes: Sizes = Sizes(), only: list[str] | None = None) -> dict:
+    """Write every file into ``out_dir`` and return the manifest.
+
+    ``only`` names the files to (re)build; the others are neither computed nor touched, and their entries in an
+    existing ``manifest.json`` are kept. Every file draws from its own seeded stream, so a file built alone is
+    byte-identical to the same file of a full build.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(only or ()) - set(FILES))
+    if unknown:
+        raise ValueError(f"unknown data file(s) {unknown}; choose from {list(FILES)}")
 
     profiles = fb.load_profiles(sources.factbook_profiles())
     docs = {"sotu": sources.sotu_speeches(), "python_docs": sources.python_docs(), "austen": sources.austen_chapters()}
@@ -141,27 +166,34 @@ def build(out_dir: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> dict:
         rng.shuffle(examples)
         return examples
 
-    train = split_set("train", sizes.train_qa, sizes.train_cloze, sizes.train_continuation, train_c)[: sizes.max_train]
-    eval_ = split_set("eval", sizes.eval_qa, sizes.eval_cloze, sizes.eval_continuation, eval_c,
-                      sizes.eval_understanding)
     asked = [f.name for f in fb.FIELDS if f.name != fb.HELD_OUT_FIELD]
-    files = {
-        "train.jsonl": train,
-        "eval.jsonl": eval_,
-        "test_factbook_single.jsonl": fb.single_profile_qa(test_c, asked, sizes.max_test, _rng(seed, "single")),
-        "test_factbook_haystack.jsonl": fb.haystack_qa(test_c, asked, sizes.max_haystack, _rng(seed, "haystack")),
-        "test_heldout_field.jsonl": fb.single_profile_qa(test_c, [fb.HELD_OUT_FIELD], sizes.max_test,
-                                                         _rng(seed, "heldout")),
-        "test_unseen_kinds.jsonl": prose.unseen_kinds([p for p in papers if p.split == "test"], splits["sotu"][2],
-                                                      sizes.max_test, _rng(seed, "unseen")),
+    makers = {
+        "train.jsonl": lambda: split_set("train", sizes.train_qa, sizes.train_cloze, sizes.train_continuation,
+                                         train_c)[: sizes.max_train],
+        "eval.jsonl": lambda: split_set("eval", sizes.eval_qa, sizes.eval_cloze, sizes.eval_continuation, eval_c,
+                                        sizes.eval_understanding),
+        "test_factbook_short.jsonl": lambda: short_test_qa(test_c, sizes.max_test, _rng(seed, "short")),
+        "test_factbook_single.jsonl": lambda: fb.single_profile_qa(test_c, asked, sizes.max_test, _rng(seed, "single")),
+        "test_factbook_haystack.jsonl": lambda: fb.haystack_qa(test_c, asked, sizes.max_haystack, _rng(seed, "haystack")),
+        "test_heldout_field.jsonl": lambda: fb.single_profile_qa(test_c, [fb.HELD_OUT_FIELD], sizes.max_test,
+                                                                 _rng(seed, "heldout")),
+        "test_unseen_kinds.jsonl": lambda: prose.unseen_kinds([p for p in papers if p.split == "test"],
+                                                              splits["sotu"][2], sizes.max_test, _rng(seed, "unseen")),
     }
+    assert tuple(makers) == FILES
+    files = {name: make() for name, make in makers.items() if only is None or name in only}
     for name, examples in files.items():
         _write(out / name, examples)
 
+    summaries = {name: _summary(examples) for name, examples in files.items()}
+    if only is not None and (out / "manifest.json").exists():
+        previous = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"]
+        summaries = {name: summaries.get(name, previous.get(name)) for name in FILES
+                     if name in summaries or name in previous}
     manifest = {
         "seed": seed,
         "sizes": asdict(sizes),
-        "files": {name: _summary(examples) for name, examples in files.items()},
+        "files": summaries,
         "split": {
             "test_countries": [p.name for p in test_c],
             "eval_countries": [p.name for p in eval_c],

@@ -6,7 +6,7 @@ import dataclasses
 import sys
 import time
 
-from . import Sizes, build
+from . import FILES, Sizes, build
 from .sources import SourceMissing
 
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-test", type=int, default=None, help="questions per test file (default 150)")
     parser.add_argument("--max-haystack", type=int, default=None, help="haystack questions (default 50)")
     parser.add_argument("--quick", action="store_true", help="a tiny version in seconds, for tests")
+    parser.add_argument("--only", nargs="+", choices=FILES, metavar="FILE",
+                        help="build only these files (others in --out are left untouched); e.g. test_factbook_short.jsonl")
     args = parser.parse_args(argv)
 
     sizes = Sizes.quick(args.max_train) if args.quick else Sizes(max_train=args.max_train)
@@ -25,11 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     started = time.perf_counter()
     try:
-        manifest = build(args.out, args.seed, sizes)
+        manifest = build(args.out, args.seed, sizes, only=args.only)
     except SourceMissing as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for name, summary in manifest["files"].items():
+        if args.only and name not in args.only:
+            continue
         print(f"{name}: {summary['lines']} lines, {summary['mean_context_words']} context words on average")
     print(f"built in {time.perf_counter() - started:.1f} s into {args.out}")
     return 0

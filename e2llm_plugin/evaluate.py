@@ -1,0 +1,189 @@
+"""``python -m e2llm_plugin.evaluate``: E2LLM against closed book, truncation, full context and RAG, on the same questions.
+
+Writes ``OUT/results.json`` (every prediction and timing), ``OUT/results.md`` (one table per data file, the targets of
+issue 4 met or not, reconstruction fidelity, the compression sweep) and ``OUT/compression.png``; prints the Markdown.
+See `e2llm_plugin.evaluation.methods` for what each method reads and how its costs are counted.
+
+Example (CPU, about the size of the documented run)::
+
+    python -m e2llm_plugin.evaluate --model runs/v1 --data data/v1/test_factbook_short.jsonl \\
+        data/v1/test_heldout_field.jsonl --max-questions 20 --window 2048 --out runs/eval \\
+        --reconstruction data/v1/eval.jsonl --reconstruction-windows 6 --ratio-sweep 50,100,200
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import E2LLMError
+from .evaluation import report
+from .evaluation.methods import (DESCRIPTIONS, METHODS, Evaluator, chunking, load_examples, load_texts, reconstruction,
+                                 soft_f1_and_ratio)
+
+HELD_OUT_FIELD = "Independence"  # e2llm_plugin.data_builders.factbook.HELD_OUT_FIELD, without importing the builders
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m e2llm_plugin.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the shipped checkpoint)")
+    p.add_argument("--data", nargs="+", required=True, help="JSONL QA files ({context, prompt, answer} lines)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--max-questions", type=int, default=20, help="questions per data file (default 20)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="shuffle each file with this seed before taking questions (default: file order)")
+    p.add_argument("--window", type=int, default=None,
+                   help="decoder tokens the text baselines may read (default: the decoder's maximum)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap, greedy (default 32)")
+    p.add_argument("--hybrid-raw-tokens", type=int, default=None, help="override the checkpoint's hybrid raw-text budget")
+    p.add_argument("--reconstruction", default=None, help="JSONL file whose texts are restated from soft tokens")
+    p.add_argument("--reconstruction-windows", type=int, default=6, help="windows restated (default 6)")
+    p.add_argument("--reconstruction-chunks", type=int, default=2, help="chunks per restated window (default 2, as in training)")
+    p.add_argument("--ratio-sweep", default="",
+                   help="chunk sizes (encoder tokens) to re-read the first data file with, e.g. 50,100,200")
+    p.add_argument("--sweep-models", nargs="*", default=[], help="other checkpoints (say, other k) for the compression plot")
+    p.add_argument("--sweep-questions", type=int, default=None,
+                   help="questions per sweep point (default and maximum: --max-questions)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    return p
+
+
+def _outcome_dict(outcome) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in dataclasses.asdict(outcome).items()}
+
+
+def _write(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _load(path, device, **overrides):
+    from .model import E2LLM
+
+    return E2LLM.from_pretrained(path, **overrides).to(device).eval()
+
+
+def run(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise E2LLMError(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
+    methods = [m for m in METHODS if m in methods]
+    sweep_sizes = [int(s) for s in args.ratio_sweep.split(",") if s.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+
+    overrides = {} if args.hybrid_raw_tokens is None else {"hybrid_raw_tokens": args.hybrid_raw_tokens}
+    model = _load(args.model, args.device, **overrides)
+    evaluator = Evaluator(model, args.window, args.max_new_tokens)
+    results = {
+        "model": str(args.model or "shipped checkpoint"),
+        "config": model.config.to_dict(),
+        "settings": {"methods": methods, "window": evaluator.window, "max_new_tokens": args.max_new_tokens,
+                     "max_questions": args.max_questions, "seed": args.seed, "device": args.device,
+                     "threads": torch.get_num_threads(), "argv": sys.argv[1:] if argv is None else list(argv)},
+        "methods": {m: DESCRIPTIONS[m] for m in methods},
+        "files": {},
+    }
+
+    evaluator.warm_up(methods)
+    first_examples = None
+    for path in args.data:
+        name = Path(path).name
+        examples = load_examples(path, args.max_questions, args.seed)
+        if not examples:
+            raise E2LLMError(f"{path}: no QA lines ({{context, prompt, answer}})")
+        first_examples = first_examples or (name, examples)
+        rows = []
+        for example in tqdm(examples, desc=name, unit="question"):
+            began = time.perf_counter()
+            outcomes, stats = evaluator.run_example(example, methods)
+            rows.append({"question": example.question, "answer": example.answer, **example.meta, "context": stats,
+                         "wall_s": round(time.perf_counter() - began, 3),  # all methods, shared stages once
+                         "methods": {m: _outcome_dict(o) for m, o in outcomes.items()}})
+        held_out = all(e.meta.get("field") == HELD_OUT_FIELD for e in examples)
+        results["files"][name] = {"path": str(path), "held_out_field": held_out,
+                                  "wall_s_per_question": sum(r["wall_s"] for r in rows) / len(rows),
+                                  "summary": {m: report.aggregate([r["methods"][m] for r in rows]) for m in methods},
+                                  "examples": rows}
+        _write(out, results)
+
+    texts = load_texts(args.reconstruction) if args.reconstruction else None
+    if texts:
+        began = time.perf_counter()
+        restated = reconstruction(model, texts, args.reconstruction_windows, args.reconstruction_chunks, args.seed or 0)
+        results["reconstruction"] = {"file": Path(args.reconstruction).name, "seconds": time.perf_counter() - began, **restated}
+        _write(out, results)
+
+    if sweep_sizes or args.sweep_models or "soft" in methods:
+        results["sweep"] = _sweep(args, model, first_examples, sweep_sizes, texts, results, "soft" in methods)
+    results["targets"] = report.targets(results["files"])
+    _write(out, results)
+    report.plot(results, out / "compression.png")
+    text = report.markdown(results)
+    (out / "results.md").write_text(text, encoding="utf-8")
+    return results
+
+
+def _sweep(args, model, first, sizes, texts, results, have_soft) -> list[dict]:
+    """Soft F1 (and reconstruction F1) at each chunk size and for each extra checkpoint, on the first file's questions."""
+    name, examples = first
+    n = min(args.sweep_questions or args.max_questions, len(examples))
+    examples = examples[:n]
+    rows = results["files"][name]["examples"][:n]
+    results["sweep_file"] = name
+    results["sweep_reference"] = {
+        m: report.aggregate([r["methods"][m] for r in rows]).get("f1") for m in ("closed_book", "full_context", "rag_base")
+        if m in results["settings"]["methods"]}
+    native = model.config.chunk_tokens
+    points = []
+
+    def point(label, m, chunk_tokens, reuse):
+        if reuse and have_soft:  # the main run already read these questions at this chunk size
+            row = {"f1": report.aggregate([r["methods"]["soft"] for r in rows])["f1"], "n": len(rows),
+                     "compression_ratio": sum(r["context"]["compression_ratio"] for r in rows) / len(rows)}
+            recon = (results.get("reconstruction") or {}).get("f1")
+        else:
+            row = soft_f1_and_ratio(m, examples, args.max_new_tokens)
+            recon = (reconstruction(m, texts, args.reconstruction_windows, args.reconstruction_chunks, args.seed or 0)["f1"]
+                     if texts else None)
+        row.update(model=label, chunk_tokens=chunk_tokens, k=m.config.soft_tokens_per_chunk, reconstruction_f1=recon)
+        points.append(row)
+
+    label = Path(str(args.model)).name if args.model else "shipped"
+    for size in sorted(set(sizes) | {native}):
+        with chunking(model, size):
+            point(label, model, size, reuse=size == native)
+    for number, path in enumerate(args.sweep_models, start=2):
+        other = _load(path, args.device)
+        other_label = Path(path).name
+        if other_label in {p["model"] for p in points}:  # keep the plot's lines apart
+            other_label = f"{other_label} #{number}"
+        point(other_label, other, other.config.chunk_tokens, reuse=False)
+        del other
+        gc.collect()
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        results = run(argv)
+    except E2LLMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The methods compared, run on one question at a time, and the reconstruction and compression measurements.
+
+Every method reads the paper's prompt in the decoder's chat template, ``Given the contexts: [...] Please follow the
+instruction: Answer the question: {question}``; the text baselines put decoder token embeddings of raw text where
+E2LLM puts soft tokens (built by the same ``Decoder.build_prompt``), and every method decodes greedily with the same
+``Decoder.stream_text``. Closed book reads ``Answer the question: {question}`` alone, with no context slot.
+
+Decoders: closed book, truncation, full context and ``rag_base`` read with the LoRA adapter disabled (the base
+decoder); ``rag_tuned``, soft and hybrid with it on. The tuned decoder was fine-tuned on soft-prompt QA, not on
+raw-text RAG: ``rag_tuned`` is RAG on a decoder tuned on the same QA data, but in another input format.
+
+Cost accounting: a context is chunked and compressed once and shared. Each method's time to first token counts the
+shared stages it needs (compression for soft/hybrid; chunking and the chunks' retrieval embeddings for RAG and
+hybrid) plus its own prompt building, prefill and first decoded token. Its peak memory is the largest of those
+stages' peaks. Decoder tokens read = prompt positions before the answer (soft tokens count one each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..chunking import Chunker
+from ..decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Prompt
+from ..errors import E2LLMError
+from .metrics import PeakMemory, f1_score, score
+
+METHODS = ("closed_book", "truncation", "full_context", "rag_base", "rag_tuned", "soft", "hybrid")
+BASE_DECODER_METHODS = ("closed_book", "truncation", "full_context", "rag_base")
+DESCRIPTIONS = {
+    "closed_book": "base decoder, the question alone (no context)",
+    "truncation": "base decoder, the first context tokens that fit the window",
+    "full_context": "base decoder, the whole context as text (only where it fits the window, else n/a)",
+    "rag_base": "base decoder, top chunks by the base encoder's cosine similarity, raw text, at hybrid's decoder-token budget",
+    "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on soft-prompt QA, not on text RAG)",
+    "soft": "E2LLM: every chunk as soft tokens",
+    "hybrid": "E2LLM: every chunk as soft tokens plus the raw text of the most similar chunks",
+}
+
+
+@dataclass
+class Example:
+    question: str
+    answer: str
+    documents: list[str]
+    meta: dict = field(default_factory=dict)
+
+
+def load_examples(path: str | Path, limit: int | None = None, seed: int | None = None) -> list[Example]:
+    """QA lines (``context``, ``prompt``, ``answer``) of a JSONL file; a seed shuffles before the first ``limit``."""
+    examples = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if not (row.get("prompt") and row.get("answer") and row.get("context")):
+                continue  # understanding-only lines
+            docs = [row["context"]] if isinstance(row["context"], str) else list(row["context"])
+            meta = {k: row[k] for k in ("doc_id", "country", "field", "task", "source") if k in row}
+            examples.append(Example(row["prompt"].strip(), row["answer"].strip(), [d for d in docs if d.strip()], meta))
+    if seed is not None:
+        random.Random(seed).shuffle(examples)
+    return examples[:limit] if limit is not None else examples
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """Texts for reconstruction: ``text`` lines, else the contexts of QA lines."""
+    texts, contexts = [], []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                row = json.loads(line)
+                if row.get("text"):
+                    texts.append(row["text"])
+                elif row.get("context"):
+                    contexts.append(row["context"] if isinstance(row["context"], str) else "\n".join(row["context"]))
+    return texts or contexts
+
+
+@dataclass
+class Outcome:
+    prediction: str | None = None  # None: not applicable (see note)
+    ttft_s: float | None = None
+    total_s: float | None = None
+    tokens_read: int | None = None
+    peak_mb: float | None = None
+    em: float | None = None
+    f1: float | None = None
+    recall: float | None = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction is not None
+
+
+@dataclass
+class _Stage:
+    seconds: float
+    peak_mb: float
+
+
+class Evaluator:
+    """Runs the methods on one example at a time; `window` caps the text baselines' prompts."""
+
+    def __init__(self, model, window: int | None = None, max_new_tokens: int = 32):
+        self.model = model
+        self.decoder = model.decoder
+        self.window = min(window or self.decoder.max_tokens, self.decoder.max_tokens)
+        self.max_new_tokens = max_new_tokens
+        self.has_adapter = hasattr(self.decoder.model, "disable_adapter")
+
+    # ---- prompts -------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def text_prompt(self, question: str, ids: list[int]) -> Prompt:
+        """The E2LLM prompt with the embeddings of these decoder tokens in the context slot."""
+        embed = self.decoder.model.get_input_embeddings()
+        tokens = torch.tensor(ids, dtype=torch.long, device=self.decoder.device)
+        return self.decoder.build_prompt(embed(tokens), ANSWER_INSTRUCTION.format(question=question))
+
+    @torch.inference_mode()
+    def closed_book_prompt(self, question: str) -> Prompt:
+        """``Answer the question: {question}`` as the only user turn: no context slot at all."""
+        return self.decoder.chat_prompt([{"role": "user", "content": ANSWER_INSTRUCTION.format(question=question)}])
+
+    def text_budget(self, question: str) -> int:
+        """Context tokens a text prompt can hold within the window, leaving room for the answer."""
+        return self.window - self.text_prompt(question, []).num_tokens - self.max_new_tokens
+
+    def _ids(self, text: str) -> list[int]:
+        return self.decoder.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    def _decoder_for(self, method: str):
+        if method in BASE_DECODER_METHODS and self.has_adapter:
+            return self.decoder.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def _consume(self, pieces: Iterator[str], start: float, outcome: Outcome) -> None:
+        text, first = [], None
+        for piece in pieces:
+            if first is None:
+                first = time.perf_counter() - start
+            text.append(piece)
+        outcome.total_s = time.perf_counter() - start
+        outcome.ttft_s = first if first is not None else outcome.total_s
+        outcome.prediction = "".join(text).strip()
+
+    def _run(self, method: str, example: Example, build, stages: list[_Stage] = ()) -> Outcome:
+        """Time and measure `build() -> (Prompt | Answer, tokens_read)` then decoding, with the shared stages added."""
+        outcome = Outcome()
+        try:
+            with PeakMemory(self.decoder.device) as memory, self._decoder_for(method):
+                start = time.perf_counter()
+                prompt = build()
+                if isinstance(prompt, Prompt):
+                    outcome.tokens_read = prompt.num_tokens
+                    pieces = self.decoder.stream_text(prompt, self.max_new_tokens)
+                else:  # an Answer from E2LLM.answer
+                    outcome.tokens_read = prompt.prompt_tokens
+                    pieces = iter(prompt)
+                self._consume(pieces, start, outcome)
+        except _NotApplicable as why:
+            return Outcome(note=str(why))
+        except E2LLMError as err:
+            return Outcome(note=f"n/a: {err}")
+        shared = sum(s.seconds for s in stages)
+        outcome.ttft_s += shared
+        outcome.total_s += shared
+        outcome.peak_mb = max([memory.peak_mb] + [s.peak_mb for s in stages])
+        outcome.__dict__.update(score(outcome.prediction, example.answer))
+        return outcome
+
+    def warm_up(self, methods=METHODS) -> None:
+        """Run every method once on a tiny example, so one-time costs (lazy imports, thread pools, first
+        allocations, tiktoken's tables) do not land on the first question's time and memory."""
+        example = Example("What is this?", "a warm-up", ["A short warm-up text. It has two sentences."])
+        saved, self.max_new_tokens = self.max_new_tokens, 2
+        try:
+            self.run_example(example, methods)
+        finally:
+            self.max_new_tokens = saved
+
+    # ---- one example ---------------------------------------------------------------------------------------
+    def run_example(self, example: Example, methods=METHODS) -> tuple[dict[str, Outcome], dict]:
+        """The outcome of each method, and the compressed context's statistics (empty if nothing compressed)."""
+        model, q = self.model, example.question
+        results: dict[str, Outcome] = {}
+        stages: dict[str, _Stage] = {}
+
+        def stage(name, fn):
+            with PeakMemory(self.decoder.device) as memory:
+                start = time.perf_counter()
+                value = fn()
+            stages[name] = _Stage(time.perf_counter() - start, memory.peak_mb)
+            return value
+
+        uses_chunks = {"rag_base", "rag_tuned", "soft", "hybrid"} & set(methods)
+        retrieval = {"rag_base", "rag_tuned", "hybrid"} & set(methods)
+        ctx = None
+        if uses_chunks:
+            if retrieval:  # RAG is charged for chunking, not for compression
+                stage("chunk", lambda: model.chunker.split(example.documents))
+            ctx = stage("compress", lambda: model.compress(example.documents, show_progress=False))
+            if retrieval:
+                texts = [c.text for c in ctx.chunks]
+                ctx.retrieval_embeddings = stage("index", lambda: model.encoder.embed_for_retrieval(texts))
+
+        if "closed_book" in methods:
+            results["closed_book"] = self._run("closed_book", example, lambda: self.closed_book_prompt(q))
+
+        text_ids = None
+        if {"truncation", "full_context"} & set(methods):
+            budget = self.text_budget(q)
+            text_ids = self._ids("\n\n".join(example.documents))
+            fits = len(text_ids) <= budget
+
+            def full():
+                if not fits:
+                    raise _NotApplicable(f"n/a: context is {len(text_ids)} tokens, the window holds {budget}")
+                return self.text_prompt(q, text_ids)
+
+            if "full_context" in methods:
+                results["full_context"] = self._run("full_context", example, full)
+            if "truncation" in methods:
+                if fits and "full_context" in methods:  # the same prompt: reuse rather than decode it again
+                    results["truncation"] = dataclasses.replace(results["full_context"],
+                                                                note="whole context fits: same as full_context")
+                else:
+                    results["truncation"] = self._run(
+                        "truncation", example, lambda: self.text_prompt(q, self._ids("\n\n".join(example.documents))[:budget]))
+
+        rag = [m for m in ("rag_base", "rag_tuned") if m in methods]
+        if rag:
+            # Equal budget: the decoder positions hybrid's context part takes (soft tokens + its raw passages).
+            with torch.inference_mode():
+                hybrid_tokens = model.prompt(q, ctx, "hybrid")[0].num_tokens
+            rag_budget = min(hybrid_tokens - self.text_prompt(q, []).num_tokens, self.text_budget(q))
+
+            def rag_prompt():
+                passages = model.select_passages(q, ctx, rag_budget)
+                ids = self._ids("\n".join(ctx.chunks[i].text.strip() for i, _ in passages))[:rag_budget]
+                return self.text_prompt(q, ids)
+
+            for method in rag:
+                results[method] = self._run(method, example, rag_prompt, [stages["chunk"], stages["index"]])
+
+        for method in ("soft", "hybrid"):
+            if method in methods:
+                needs = [stages["compress"]] + ([stages["index"]] if method == "hybrid" else [])
+
+                def answer(m=method):
+                    return model.answer(q, context=ctx, mode=m, max_new_tokens=self.max_new_tokens)
+
+                results[method] = self._run(method, example, answer, needs)
+        return {m: results[m] for m in methods}, (ctx.stats() if ctx is not None else {})
+
+
+class _NotApplicable(Exception):
+    pass
+
+
+# ---- reconstruction and compression ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def chunking(model, chunk_tokens: int):
+    """Temporarily read with another chunk size: the adapter pools any number of encoder tokens into its k tokens."""
+    if chunk_tokens + 2 > model.encoder.max_tokens or chunk_tokens < 8:
+        raise E2LLMError(f"chunk size {chunk_tokens} must be in [8, {model.encoder.max_tokens - 2}]")
+    old_chunker, old_size = model.chunker, model.config.chunk_tokens
+    model.chunker = Chunker(model.encoder.tokenizer, chunk_tokens, min(model.config.chunk_overlap, chunk_tokens // 2 - 1))
+    model.config.chunk_tokens = chunk_tokens
+    try:
+        yield model
+    finally:
+        model.chunker, model.config.chunk_tokens = old_chunker, old_size
+
+
+@torch.inference_mode()
+def reconstruction(model, texts: list[str], windows: int, window_chunks: int = 2, seed: int = 0) -> dict:
+    """Restate windows of `window_chunks` chunks from their soft tokens (as in training); token F1 against the text."""
+    rng = random.Random(seed)
+    order = rng.sample(range(len(texts)), len(texts))
+    rows = []
+    for attempt in range(2 * windows):  # texts in a seeded order, reused (at other starts) if there are few
+        if len(rows) >= windows or not texts:
+            break
+        index = order[attempt % len(order)]
+        chunks = model.chunker.split([texts[index]])
+        start = rng.randrange(max(1, len(chunks) - window_chunks + 1))
+        window = chunks[start : start + window_chunks]
+        target = "".join(c.text for c in window).strip()
+        if not target:
+            continue
+        began = time.perf_counter()
+        soft = model.soft_tokens([c.text for c in window])
+        prompt = model.decoder.build_prompt(soft.reshape(-1, soft.shape[-1]), RESTATE_INSTRUCTION)
+        restated = "".join(model.decoder.stream_text(prompt, model.decoder.count_tokens(target) + 16)).strip()
+        rows.append({"text_index": index, "target": target, "restated": restated, "f1": f1_score(restated, target),
+                     "seconds": time.perf_counter() - began})
+    mean = sum(r["f1"] for r in rows) / len(rows) if rows else None
+    return {"windows": len(rows), "window_chunks": window_chunks, "f1": None if mean is None else 100 * mean, "rows": rows}
+
+
+def soft_f1_and_ratio(model, examples: list[Example], max_new_tokens: int) -> dict:
+    """E2LLM soft F1 and mean compression ratio (source decoder tokens per soft token) over examples."""
+    f1s, ratios = [], []
+    for example in examples:
+        ctx = model.compress(example.documents, show_progress=False)
+        prediction = model.generate(example.question, context=ctx, mode="soft", max_new_tokens=max_new_tokens)
+        f1s.append(f1_score(prediction, example.answer))
+        ratios.append(ctx.compression_ratio)
+    return {"f1": 100 * sum(f1s) / len(f1s), "compression_ratio": sum(ratios) / len(ratios), "n": len(f1s)}

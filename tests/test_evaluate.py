@@ -1,0 +1,183 @@
+"""`python -m e2llm_plugin.evaluate`: metrics, methods' accounting, targets, and the CLI end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from e2llm_plugin.evaluate import main
+from e2llm_plugin.evaluation import report
+from e2llm_plugin.evaluation.methods import METHODS, Evaluator, Example, chunking, load_examples
+from e2llm_plugin.evaluation.metrics import PeakMemory, answer_recall, exact_match, f1_score, normalize_answer
+
+from conftest import LOREM
+
+
+# ---- metrics --------------------------------------------------------------------------------------------------------
+def test_squad_normalisation_and_scores():
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert normalize_answer("an apple, a pear & the plum") == "apple pear plum"
+    assert exact_match("the Eiffel tower.", "Eiffel Tower") == 1.0
+    assert exact_match("Eiffel", "Eiffel Tower") == 0.0
+    # SQuAD's worked example: one common token of 2 predicted and 3 gold -> P 1/2, R 1/3, F1 0.4
+    assert f1_score("Denver Broncos", "the Broncos of Denver") == pytest.approx(2 * (1 / 1) * (2 / 3) / (1 + 2 / 3))
+    assert f1_score("Broncos win", "Denver Broncos team") == pytest.approx(0.4)
+    assert f1_score("nothing", "Denver") == 0.0
+    assert f1_score("", "") == 1.0 and f1_score("a", "Denver") == 0.0
+    assert f1_score("42 42", "42") == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_answer_recall_ignores_verbosity():
+    gold = "National Day, 26 October (1955)"
+    assert answer_recall(f"The national holiday of Austria is {gold}, a public holiday.", gold) == 1.0
+    assert answer_recall("It is on 26 October.", gold) == pytest.approx(2 / 5)
+    assert answer_recall("no idea", gold) == 0.0
+    assert f1_score(f"The national holiday of Austria is {gold}, a public holiday.", gold) < 1.0
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as memory:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+        block += 1
+        del block
+    assert memory.peak_mb > 40
+
+
+# ---- methods on the tiny model --------------------------------------------------------------------------------------
+def _example(copies=6, question="When is the National Day of Austria?"):
+    return Example(question, "26 October", [LOREM * copies], {"field": "National holiday"})
+
+
+def test_every_method_runs_and_reports_its_costs(tiny_model):
+    evaluator = Evaluator(tiny_model, window=1024, max_new_tokens=4)
+    outcomes, stats = evaluator.run_example(_example())
+    assert list(outcomes) == list(METHODS) and stats["chunks"] > 4
+    for method, o in outcomes.items():
+        assert o.ok, (method, o.note)
+        assert o.ttft_s > 0 and o.total_s >= o.ttft_s and o.peak_mb >= 0 and 0 <= o.f1 <= 1
+    tokens = {m: o.tokens_read for m, o in outcomes.items()}
+    assert tokens["closed_book"] < tokens["soft"] < tokens["hybrid"] < tokens["full_context"]
+    assert outcomes["truncation"].prediction == outcomes["full_context"].prediction  # fits: the same prompt
+    assert abs(tokens["rag_base"] - tokens["hybrid"]) <= 8  # RAG reads hybrid's budget (a few wrapper tokens apart)
+    assert tokens["rag_base"] == tokens["rag_tuned"]
+    # soft reads the same prompt as the text baselines with soft tokens in the context slot
+    assert tokens["soft"] == evaluator.text_prompt(_example().question, []).num_tokens + stats["soft_tokens"]
+
+
+def test_window_caps_text_baselines(tiny_model):
+    window, new = 160, 4
+    evaluator = Evaluator(tiny_model, window=window, max_new_tokens=new)
+    outcomes, _ = evaluator.run_example(_example(copies=8), ["truncation", "full_context", "rag_base", "soft"])
+    assert not outcomes["full_context"].ok and "n/a" in outcomes["full_context"].note
+    assert outcomes["truncation"].tokens_read == window - new
+    assert outcomes["rag_base"].tokens_read <= window - new
+    assert outcomes["soft"].ok  # E2LLM is not held to the text window
+
+
+def test_base_decoder_differs_from_tuned(tiny_model):
+    """rag_base runs with LoRA disabled: its logits differ from rag_tuned's on the same prompt."""
+    evaluator = Evaluator(tiny_model, max_new_tokens=2)
+    prompt = evaluator.text_prompt("Which river?", evaluator._ids(LOREM))
+    tuned = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
+    with evaluator._decoder_for("rag_base"):
+        base = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
+    assert not torch.allclose(tuned, base)
+
+
+def test_chunking_override_is_temporary(tiny_model):
+    before = len(tiny_model.compress([LOREM * 4]).chunks)
+    with chunking(tiny_model, 12):
+        assert len(tiny_model.compress([LOREM * 4]).chunks) > before
+    assert len(tiny_model.compress([LOREM * 4]).chunks) == before
+
+
+# ---- targets --------------------------------------------------------------------------------------------------------
+def _row(**f1s):
+    def outcome(f1, tokens):
+        return {"prediction": "x", "em": 0.0, "f1": f1, "recall": f1, "ttft_s": 1.0, "total_s": 1.0, "tokens_read": tokens,
+                "peak_mb": 1.0}
+
+    tokens = {"full_context": 1000, "soft": 50}
+    return {"methods": {m: outcome(v, tokens.get(m, 300)) for m, v in f1s.items()}}
+
+
+def test_targets_are_judged_on_paired_questions():
+    files = {
+        "short.jsonl": {"examples": [_row(closed_book=0.1, soft=0.6, hybrid=0.7, rag_base=0.6, rag_tuned=0.68,
+                                          full_context=0.65)] * 3},
+        "heldout.jsonl": {"held_out_field": True, "examples": [_row(closed_book=0.1, soft=0.2)]},
+    }
+    found = report.targets(files)
+    # +50 F1; +10/+10 over rag_base; only +2 over rag_tuned; 92% of full context at 20x fewer tokens; held out only +10
+    assert [t["met"] for t in found] == [True, True, False, True, False]
+    assert list(found[0]["per_file"]) == ["short.jsonl"] and list(found[4]["per_file"]) == ["heldout.jsonl"]
+    # full context n/a on a question: the comparison uses only the questions where both ran
+    files["short.jsonl"]["examples"] = [_row(soft=0.6, full_context=0.65), _row(soft=0.0, full_context=None)]
+    files["short.jsonl"]["examples"][1]["methods"]["full_context"] = {"prediction": None}
+    assert report.targets(files)[3]["met"] is True
+    assert report.targets({"a.jsonl": {"examples": [_row(soft=1.0)]}})[0]["met"] is None  # closed book never ran
+
+
+# ---- the command line -----------------------------------------------------------------------------------------------
+@pytest.fixture
+def data_files(tmp_path):
+    short, held = tmp_path / "short.jsonl", tmp_path / "held.jsonl"
+    rows = [{"context": LOREM * n, "prompt": f"Question {n}: when is the National Day?", "answer": "26 October",
+             "field": "National holiday"} for n in (3, 5, 40)]
+    short.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"text": "understanding only"}) + "\n")
+    held.write_text(json.dumps({"context": [LOREM, LOREM * 2], "prompt": "When was independence?", "answer": "1955",
+                                "field": "Independence"}) + "\n")
+    return short, held
+
+
+def test_cli_writes_json_markdown_and_plot(tiny_checkpoint, data_files, tmp_path, capsys):
+    short, held = data_files
+    out = tmp_path / "eval"
+    code = main(["--model", str(tiny_checkpoint), "--data", str(short), str(held), "--out", str(out), "--window", "600",
+                 "--max-new-tokens", "3", "--reconstruction", str(short), "--reconstruction-windows", "2",
+                 "--ratio-sweep", "12,48", "--sweep-models", str(tiny_checkpoint), "--sweep-questions", "2"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["files"]) == {"short.jsonl", "held.jsonl"}
+    assert results["files"]["held.jsonl"]["held_out_field"] and not results["files"]["short.jsonl"]["held_out_field"]
+    summary = results["files"]["short.jsonl"]["summary"]
+    assert summary["soft"]["n"] == 3 and summary["full_context"]["n"] == 2  # the 40x context does not fit 600 tokens
+    assert results["reconstruction"]["windows"] == 2
+    assert [p["chunk_tokens"] for p in results["sweep"]] == [12, 24, 48, 24]
+    ratios = [p["compression_ratio"] for p in results["sweep"][:3]]
+    assert ratios == sorted(ratios)
+    assert len(results["targets"]) == 5
+    md = (out / "results.md").read_text()
+    assert "| soft |" in md and "## Targets" in md and "short.jsonl" in md and md in capsys.readouterr().out
+    assert (out / "compression.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_rejects_unknown_methods(tiny_checkpoint, data_files, tmp_path, capsys):
+    argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[0]), "--out", str(tmp_path), "--methods", "soft,oracle"]
+    assert main(argv) == 2
+    assert "oracle" in capsys.readouterr().err
+
+
+def test_load_examples_skips_understanding_lines_and_shuffles(data_files):
+    short, _ = data_files
+    assert len(load_examples(short)) == 3
+    assert sorted(e.question for e in load_examples(short, seed=1)) == sorted(e.question for e in load_examples(short))
+    assert len(load_examples(short, 2)) == 2
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_end_to_end(tmp_path):
+    from pathlib import Path
+
+    data = Path(__file__).parent.parent / "data" / "v1" / "test_factbook_short.jsonl"
+    if not data.exists():
+        pytest.skip("data/v1 not built: python -m e2llm_plugin.data_builders --out data/v1")
+    out = tmp_path / "eval"
+    argv = ["--data", str(data), "--out", str(out), "--max-questions", "2", "--window", "2048", "--max-new-tokens", "16"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    summary = results["files"]["test_factbook_short.jsonl"]["summary"]
+    assert all(summary[m]["n"] == 2 for m in ("closed_book", "rag_base", "soft", "hybrid"))
+    assert summary["soft"]["tokens_read"] * 5 < summary["truncation"]["tokens_read"]
