@@ -1,0 +1,353 @@
+"""LangChain integration: `ChatE2LLM` reads the long text in a conversation as soft prompts; `create_e2llm_chain`
+answers a question over whole documents (all pages of a PDF, say) and streams the answer.
+
+How `ChatE2LLM` reads a conversation:
+
+- long text is compressed to soft tokens, one per chunk: every `text-plain` content block (LangChain's block for a
+  plain-text document), and every other text piece longer than `long_text_tokens` decoder tokens (a system message
+  stuffed with documents, a pasted report). A last user message that is one long string ending in a short paragraph
+  ("...context...\\n\\nQuestion: ...", the usual one-message prompt) keeps that paragraph as the question;
+- the rest is the chat, which must end with a user message: the question. Earlier turns (system ones included) stay
+  real chat turns; the soft tokens sit in the last user turn, in the paper's prompt ("Given the contexts: ...
+  Please follow the instruction: Answer the question: ...");
+- with no long text at all, the decoder answers as the plain chat model it is, through its own chat template.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    from langchain_core.callbacks import CallbackManagerForLLMRun
+    from langchain_core.documents import Document
+    from langchain_core.language_models import BaseChatModel, LangSmithParams
+    from langchain_core.language_models.chat_models import generate_from_stream
+    from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, convert_to_messages
+    from langchain_core.outputs import ChatGenerationChunk, ChatResult
+    from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
+    from langchain_core.runnables.utils import AddableDict
+    from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("the LangChain integration needs langchain-core: pip install 'e2llm-plugin[langchain]'") from err
+
+from ..config import MODES
+from ..context import CompressedContext
+from ..documents import read_pdf_pages
+from ..errors import DocumentError, E2LLMError
+from ..model import SHIPPED_CHECKPOINTS, E2LLM, Answer
+
+__all__ = ["ChatE2LLM", "create_e2llm_chain", "load_pdf"]
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system"}
+_CALL_ARGUMENTS = ("mode", "max_tokens")
+_COMPRESSED_KEPT = 4  # contexts kept per ChatE2LLM: a few documents asked about in turn
+
+# ---- checkpoints, shared --------------------------------------------------------------------------------------
+
+_checkpoints: dict[str, E2LLM] = {}
+_checkpoints_lock = threading.Lock()
+
+
+def _shared_checkpoint(source: str | os.PathLike | None) -> E2LLM:
+    """Load a checkpoint once per process: loading takes seconds and every copy holds both base models."""
+    key = str(source)
+    with _checkpoints_lock:
+        if key not in _checkpoints:
+            _checkpoints[key] = E2LLM.from_pretrained(source)
+        return _checkpoints[key]
+
+
+def _default_model_name(model) -> str:
+    if model is None:
+        return SHIPPED_CHECKPOINTS[-1].name
+    if isinstance(model, E2LLM):
+        return "e2llm-" + model.config.decoder.rsplit("/", 1)[-1].split(":")[-1]
+    path = Path(model).expanduser()
+    return path.name if path.is_dir() else str(model)  # a Hub id names itself
+
+
+# ---- reading a conversation -----------------------------------------------------------------------------------
+
+
+def _text_pieces(message: BaseMessage) -> Iterator[tuple[str, bool]]:
+    """(text, is_document) for each piece of a message. Anything but text is refused, never skipped."""
+    if isinstance(message.content, str):
+        yield message.content, False
+        return
+    for block in message.content:
+        kind = "text" if isinstance(block, str) else block.get("type")
+        text = block if isinstance(block, str) else block.get("text")
+        if kind not in ("text", "text-plain") or not isinstance(text, str):
+            raise E2LLMError(
+                f"ChatE2LLM reads text only, but a {message.type} message holds a {kind!r} block"
+                + (" without inline text" if kind == "text-plain" else "")
+            )
+        yield text, kind == "text-plain"
+
+
+# ---- the chat model -------------------------------------------------------------------------------------------
+
+
+class ChatE2LLM(BaseChatModel):
+    """E2LLM as a LangChain chat model: long text in the conversation becomes soft tokens, the rest is the chat.
+
+    `ChatE2LLM()` uses the checkpoint shipped with the package; `model=` takes an `E2LLM`, a checkpoint directory or
+    a Hub repo id. Weights load on first use, once per process for each checkpoint. Decoding is greedy. Tool calling
+    and structured output are not offered: the small decoder was never trained for them.
+    """
+
+    # Unknown settings are errors, not silently ignored: a local model has no api_key, timeout or retries.
+    model_config = ConfigDict(extra="forbid")
+
+    model: Any = None
+    """An `E2LLM`, a checkpoint directory or a Hub repo id; None: the checkpoint shipped with the package."""
+    model_name: str | None = None
+    """Reported in `response_metadata` and traces; defaults to the checkpoint's name."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Longest answer, in decoder tokens; None: the checkpoint's `max_new_tokens`."""
+    stop: list[str] | None = None
+    """Stop sequences; the answer ends right before the first one. A per-call `stop` replaces these."""
+    temperature: float | None = None
+    """Only None or 0: decoding is greedy (accepted because LangChain code commonly passes temperature=0)."""
+    mode: Literal["soft", "hybrid"] | None = None
+    """"soft": long text as soft tokens only (the paper); "hybrid": plus the raw text of the passages most similar
+    to the question. None: the checkpoint's default."""
+    long_text_tokens: int = Field(default=256, ge=0)
+    """Text pieces longer than this many decoder tokens are compressed; shorter ones stay in the chat."""
+    streaming: bool = False
+    """Whether `invoke` reports each text piece to callbacks as it is decoded (`stream` always does)."""
+
+    # Compressed long texts by content, so that follow-up questions over the same documents skip the encoder.
+    _compressed: OrderedDict = PrivateAttr(default_factory=OrderedDict)
+    _compressed_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChatE2LLM":
+        if not (self.model is None or isinstance(self.model, (E2LLM, str, os.PathLike))):
+            raise ValueError(f"model must be an E2LLM, a checkpoint directory or a Hub repo id, got {type(self.model).__name__}")
+        if self.temperature:
+            raise ValueError(f"ChatE2LLM decodes greedily; temperature must be 0 or None, got {self.temperature}")
+        if self.model_name is None:
+            self.model_name = _default_model_name(self.model)
+        return self
+
+    @property
+    def e2llm(self) -> E2LLM:
+        """The E2LLM model, loaded on first use (constructing a ChatE2LLM loads nothing)."""
+        return self.model if isinstance(self.model, E2LLM) else _shared_checkpoint(self.model)
+
+    @property
+    def _llm_type(self) -> str:
+        return "e2llm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "max_tokens": self.max_tokens, "stop": self.stop, "mode": self.mode,
+                "long_text_tokens": self.long_text_tokens}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # Traces name a per-call `model` as LangChain expects; answering refuses one (_call_settings).
+        params = LangSmithParams(ls_provider="e2llm", ls_model_name=kwargs.get("model") or self.model_name,
+                                 ls_model_type="chat", ls_temperature=0.0)
+        max_tokens = kwargs.get("max_tokens") or self.max_tokens
+        if max_tokens:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # ---- answering --------------------------------------------------------------------------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop, run_manager if self.streaming else None, **kwargs))
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        mode, max_new_tokens = self._call_settings(kwargs)
+        stop = self.stop if stop is None else stop
+        answer, metadata = self._reply(messages, mode, max_new_tokens, stop)
+        for piece in answer:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        prompt_tokens, output_tokens = answer.prompt_tokens, answer.completion_tokens
+        # Usage and metadata ride on the last chunk only: LangChain adds chunks up, and would double them.
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content="", chunk_position="last",
+            usage_metadata={"input_tokens": prompt_tokens, "output_tokens": output_tokens,
+                            "total_tokens": prompt_tokens + output_tokens},
+            response_metadata={"model_name": self.model_name, **metadata},
+        ))
+
+    def _call_settings(self, kwargs: dict) -> tuple[str | None, int]:
+        unknown = sorted(set(kwargs) - set(_CALL_ARGUMENTS))
+        if unknown:
+            hint = " (the checkpoint is chosen when constructing ChatE2LLM)" if "model" in unknown else ""
+            raise E2LLMError(f"ChatE2LLM got unknown call arguments {unknown}{hint}; it takes {list(_CALL_ARGUMENTS)}")
+        mode, max_tokens = kwargs.get("mode", self.mode), kwargs.get("max_tokens", self.max_tokens)
+        if mode not in (None, *MODES):
+            raise E2LLMError(f"mode must be one of {MODES}, got {mode!r}")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+            raise E2LLMError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        return mode, max_tokens or self.e2llm.config.max_new_tokens
+
+    def _reply(self, messages: list[BaseMessage], mode: str | None, max_new_tokens: int,
+               stop: list[str] | None) -> tuple[Answer, dict]:
+        """The answer being generated for a conversation, and its response metadata."""
+        long_texts, chat = self._split(messages)
+        if not chat or chat[-1]["role"] != "user":
+            found = f"ends with a turn by the {chat[-1]['role']}" if chat else "is all long context"
+            raise E2LLMError(
+                f"nothing to answer: the conversation {found}; end it with a short user message (the question)"
+                + (f", or raise long_text_tokens (now {self.long_text_tokens})" if long_texts else "")
+            )
+        # Without long text there is no context, and the decoder answers as a plain chat model.
+        context = self._compress(long_texts) if long_texts else None
+        answer = self.e2llm.chat(chat, context=context, mode=mode, max_new_tokens=max_new_tokens, stop=stop)
+        chunks = context.chunks if context else []
+        passages = [{"document": chunks[i].doc_index, "start": chunks[i].start, "end": chunks[i].end, "score": round(score, 4)}
+                    for i, score in answer.passages]
+        return answer, {"mode": answer.mode, "compression": context.stats() if context else None, "passages": passages}
+
+    def _split(self, messages: list[BaseMessage]) -> tuple[list[str], list[dict]]:
+        """Long texts to compress, in conversation order, and the rest as chat turns."""
+        count = self.e2llm.decoder.count_tokens
+        long_texts, chat = [], []
+        for position, message in enumerate(messages):
+            kind = getattr(message, "role", message.type)  # a ChatMessage names its role
+            role = _ROLES.get(kind, kind)
+            if role not in ("system", "user", "assistant"):
+                raise E2LLMError(f"ChatE2LLM reads system, human and AI messages (it calls no tools), got a {role!r} message")
+            kept = []
+            for text, is_document in _text_pieces(message):
+                if is_document or count(text) > self.long_text_tokens:
+                    long_texts.append(text)
+                elif text.strip():
+                    kept.append(text.strip())
+            if not kept and role == "user" and position == len(messages) - 1 and isinstance(message.content, str):
+                head, _, question = message.content.rpartition("\n\n")
+                if head.strip() and question.strip() and count(question) <= self.long_text_tokens:
+                    long_texts[-1], kept = head, [question.strip()]
+            if kept:
+                chat.append({"role": role, "content": "\n\n".join(kept)})
+        return long_texts, chat
+
+    def _compress(self, texts: list[str]) -> CompressedContext:
+        key = tuple(texts)
+        with self._compressed_lock:
+            if key in self._compressed:
+                self._compressed.move_to_end(key)
+                return self._compressed[key]
+        context = self.e2llm.compress(texts)
+        with self._compressed_lock:
+            self._compressed[key] = context
+            while len(self._compressed) > _COMPRESSED_KEPT:
+                self._compressed.popitem(last=False)
+        return context
+
+
+# ---- PDFs and the chain ---------------------------------------------------------------------------------------
+
+
+def load_pdf(path: str | os.PathLike) -> list[Document]:
+    """One Document per page that has text, with PyPDFLoader's metadata (`source`, 0-based `page`, `page_label`,
+    `total_pages`) so answers can cite pages. Pages without text are left out with a warning that names them;
+    a PDF with no text at all (a scan) raises `DocumentError`."""
+    pages = read_pdf_pages(path)
+    blank = [i + 1 for i, text in enumerate(pages) if not text.strip()]
+    if blank:
+        warnings.warn(f"{path}: page(s) {blank} have no extractable text and are left out", stacklevel=2)
+    metadata = {"source": str(path), "total_pages": len(pages)}
+    return [Document(page_content=text, metadata={**metadata, "page": i, "page_label": str(i + 1)})
+            for i, text in enumerate(pages) if text.strip()]
+
+
+def _chain_inputs(inputs) -> tuple[str, list[Document], list[BaseMessage]]:
+    if not isinstance(inputs, dict) or "input" not in inputs or "context" not in inputs:
+        raise E2LLMError('the E2LLM chain takes {"input": question, "context": list of Documents}')
+    question, documents = inputs["input"], inputs["context"]
+    if not isinstance(question, str) or not question.strip():
+        raise E2LLMError('"input" must be a non-empty question string')
+    if not isinstance(documents, Sequence) or isinstance(documents, str):
+        raise DocumentError(f'"context" must be a list of Documents, got {type(documents).__name__}')
+    if not documents:
+        raise DocumentError('"context" is empty: pass the Documents to read (e.g. all pages of a PDF)')
+    for i, document in enumerate(documents):
+        if not isinstance(document, Document):
+            raise DocumentError(f'"context"[{i}] is a {type(document).__name__}, expected a langchain_core Document')
+    blank = [i for i, document in enumerate(documents) if not document.page_content.strip()]
+    if len(blank) == len(documents):
+        raise DocumentError(f'none of the {len(documents)} Documents in "context" has text (a scanned PDF?); run OCR first')
+    if blank:
+        where = ", ".join(f"{i} ({documents[i].metadata.get('source', '?')} page {documents[i].metadata.get('page', '?')})"
+                          for i in blank[:5])
+        more = "..." if len(blank) > 5 else ""
+        raise DocumentError(f'Documents in "context" have no text: {where}{more}; leave them out or OCR them')
+    return question.strip(), list(documents), convert_to_messages(inputs.get("chat_history") or [])
+
+
+def _chain_messages(question: str, documents: list[Document], history: list[BaseMessage]) -> list[BaseMessage]:
+    """Documents first, as `text-plain` blocks (so document i is soft-prompt document i), then the chat."""
+    blocks = [{"type": "text-plain", "mime_type": "text/plain", "text": d.page_content} for d in documents]
+    return [SystemMessage(content=blocks), *history, HumanMessage(content=question)]
+
+
+def _chain_parts(documents: list[Document], message: AIMessageChunk) -> AddableDict:
+    """The last part of a chain's output: stats, and the passages read as raw text (hybrid mode), as cited Documents."""
+    metadata = message.response_metadata
+    passages = [
+        Document(page_content=documents[p["document"]].page_content[p["start"] : p["end"]],
+                 metadata={**documents[p["document"]].metadata, "score": p["score"]})
+        for p in metadata.get("passages", [])
+        if p["document"] < len(documents)  # later ones come from long chat_history messages
+    ]
+    stats = {"mode": metadata.get("mode"), **(metadata.get("compression") or {}), **(message.usage_metadata or {})}
+    return AddableDict(stats=stats, passages=passages)
+
+
+def create_e2llm_chain(llm: ChatE2LLM) -> Runnable:
+    """A Runnable: `{"input": question, "context": list[Document], "chat_history"?: messages}` ->
+    `{"input", "context", "answer", "stats", "passages"}`, reading every Document whole, as soft tokens.
+
+    `stream`/`astream` yield the answer as it is decoded (`{"answer": piece}` parts). Inside `create_retrieval_chain`,
+    whose combine step must return the answer string, use `create_e2llm_chain(llm).pick("answer")`.
+    """
+    if not isinstance(llm, ChatE2LLM):
+        raise TypeError(f"create_e2llm_chain needs a ChatE2LLM (the soft prompts are E2LLM's own), got {type(llm).__name__}")
+
+    def answer(inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
+        question, documents, history = _chain_inputs(_gather(inputs))
+        yield AddableDict(input=question, context=documents, answer="")
+        message = None
+        for chunk in llm.stream(_chain_messages(question, documents, history), config):
+            message = chunk if message is None else message + chunk
+            if chunk.text:
+                yield AddableDict(answer=chunk.text)
+        yield _chain_parts(documents, message)
+
+    async def aanswer(inputs: AsyncIterator[dict], config: RunnableConfig) -> AsyncIterator[AddableDict]:
+        question, documents, history = _chain_inputs(_gather([item async for item in inputs]))
+        yield AddableDict(input=question, context=documents, answer="")
+        message = None
+        async for chunk in llm.astream(_chain_messages(question, documents, history), config):
+            message = chunk if message is None else message + chunk
+            if chunk.text:
+                yield AddableDict(answer=chunk.text)
+        yield _chain_parts(documents, message)
+
+    return RunnableGenerator(answer, aanswer, name="e2llm_chain")
+
+
+def _gather(parts) -> dict:
+    """The input dict, whole: a streaming upstream (RunnablePassthrough.assign, say) sends it in addable parts."""
+    whole = None
+    for part in parts:
+        whole = part if whole is None else whole + part
+    return whole
