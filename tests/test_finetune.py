@@ -133,10 +133,17 @@ def test_output_of_another_run_is_not_overwritten(tiny_dirs, data, tmp_path, cap
     assert finetune.main(_args(tiny_dirs, data, out, "--max-steps", "1", "--seed", "9", "--overwrite")) == 0
 
 
-def test_torchrun_two_cpu_processes_train_and_save_once(tiny_dirs, data, tmp_path):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_cpu_processes_train_and_save_once(tiny_dirs, data, tmp_path, launcher):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "e2llm_plugin.finetune",
-           *_args(tiny_dirs, data, out, "--max-steps", "3", "--save-every", "3")]
+    cmd = [*LAUNCHERS[launcher], "-m", "e2llm_plugin.finetune", *_args(tiny_dirs, data, out, "--max-steps", "3", "--save-every", "3")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]

@@ -287,3 +287,28 @@ def test_chat_keeps_earlier_turns_and_reads_the_context_in_the_last(tiny_model):
 def test_chat_rejects_bad_messages(tiny_model, messages, message):
     with pytest.raises(E2LLMError, match=message):
         tiny_model.chat(messages)
+
+
+def test_push_to_hub_uploads_a_complete_checkpoint(tiny_model, monkeypatch):
+    """No network here: intercept the two Hub calls and check what would be uploaded."""
+    import huggingface_hub
+
+    seen = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        seen["repo"] = repo_id
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        from pathlib import Path
+
+        seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        seen["card"] = (Path(folder_path) / "README.md").read_text()
+        return "https://huggingface.co/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    tiny_model.push_to_hub("me/tiny-e2llm")
+    assert seen["repo"] == "me/tiny-e2llm"
+    assert seen["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert "library_name: e2llm_plugin" in seen["card"]
