@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 
 from .config import MODES
 from .errors import E2LLMError
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # keep the terminal for the answer
+    hf_logging.set_verbosity_error()  # keep the terminal for the answer, not library deprecation notices
+    warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         ask(args)
     except (E2LLMError, OSError) as err:
