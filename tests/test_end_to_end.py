@@ -37,7 +37,7 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
     question = "What is the national holiday of Finland?"
     answers = {mode: shipped.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in ("soft", "hybrid")}
     assert all(isinstance(a, str) and a for a in answers.values())
-    assert "".join(shipped.stream(question, context=ctx, max_new_tokens=24)) == answers["soft"]
+    assert "".join(shipped.stream(question, context=ctx, mode="soft", max_new_tokens=24)) == answers["soft"]
     shipped.save_pretrained(tmp_path / "copy")
     copy = E2LLM.from_pretrained(tmp_path / "copy")
     assert {mode: copy.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in answers} == answers
