@@ -68,7 +68,7 @@ def _converted_decoder() -> Path:
     with _convert_lock:
         if (target / "config.json").exists():
             return target
-        logger.warning("Converting %s to Hugging Face format once (about 30 s); cached in %s", gguf.name, target)
+        logger.warning("Converting %s to Hugging Face format once (about 40 s); cached in %s", gguf.name, target)
         _convert_gguf(gguf, target)
     return target
 
