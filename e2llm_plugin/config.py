@@ -17,7 +17,7 @@ from .errors import CheckpointError, E2LLMError
 EMBEDDED_ENCODER = "embedded:all-MiniLM-L6-v2"
 EMBEDDED_DECODER = "embedded:SmolLM2-135M-Instruct"
 
-MODES = ("soft", "hybrid")
+MODES = ("soft", "hybrid", "rag")
 ADAPTERS = ("vpma", "mlp")
 
 
@@ -48,7 +48,8 @@ class E2LLMConfig:
     lora_dropout: float = 0.0
 
     # Reading. "soft": every chunk as soft tokens (the paper). "hybrid": soft tokens plus the raw text of the
-    # chunks most similar to the question, up to `hybrid_raw_tokens` decoder tokens.
+    # chunks most similar to the question, up to `hybrid_raw_tokens` decoder tokens. "rag": no soft tokens, only
+    # raw text of the most similar chunks, in as many decoder positions as hybrid reads (the classic baseline).
     mode: str = "soft"
     hybrid_raw_tokens: int = 256
     max_new_tokens: int = 64

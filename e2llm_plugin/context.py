@@ -16,7 +16,7 @@ from .chunking import Chunk
 @dataclass
 class CompressedContext:
     chunks: list[Chunk]
-    soft_tokens: torch.Tensor  # (num_chunks, k, decoder_dim)
+    soft_tokens: torch.Tensor | None  # (num_chunks, k, decoder_dim); None where only raw text is read (rag training)
     num_documents: int
     num_source_tokens: int  # decoder tokens the raw text would have cost
     num_source_tokens_cl100k: int | None = None  # the same in OpenAI's cl100k tokens, where tiktoken's files exist
@@ -30,7 +30,7 @@ class CompressedContext:
 
     @property
     def num_soft_tokens(self) -> int:
-        return self.soft_tokens.shape[0] * self.soft_tokens.shape[1]
+        return 0 if self.soft_tokens is None else self.soft_tokens.shape[0] * self.soft_tokens.shape[1]
 
     @property
     def compression_ratio(self) -> float:

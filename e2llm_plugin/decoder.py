@@ -94,6 +94,11 @@ class Decoder(nn.Module):
     def _ids(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long, device=self.device)
 
+    def text_embeddings(self, text: str, max_tokens: int | None = None) -> torch.Tensor:
+        """(tokens, d) input embeddings of raw text, its first `max_tokens` tokens if given: text in the soft slot."""
+        ids = self._ids(text)
+        return self.model.get_input_embeddings()(ids[:max_tokens] if max_tokens is not None else ids)
+
     def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None,
                      max_new_tokens: int = 0, history: list[dict] | None = None) -> Prompt:
         """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given."""

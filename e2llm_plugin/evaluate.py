@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the shipped checkpoint)")
     p.add_argument("--data", nargs="+", required=True, help="JSONL QA files ({context, prompt, answer} lines)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of {','.join(METHODS)} (default: all; rag_ft only with --rag-model)")
+    p.add_argument("--rag-model", default=None,
+                   help="checkpoint trained with `finetune --mode rag`: the text-RAG fine-tuned baseline (method rag_ft)")
     p.add_argument("--max-questions", type=int, default=20, help="questions per data file (default 20)")
     p.add_argument("--seed", type=int, default=None,
                    help="shuffle each file with this seed before taking questions (default: file order)")
@@ -73,10 +76,15 @@ def _load(path, device, **overrides):
 
 def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.methods is None:
+        methods = [m for m in METHODS if m != "rag_ft" or args.rag_model]
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise E2LLMError(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
+    if "rag_ft" in methods and not args.rag_model:
+        raise E2LLMError("method rag_ft needs --rag-model DIR, a checkpoint trained with `finetune --mode rag`")
     methods = [m for m in METHODS if m in methods]
     sweep_sizes = [int(s) for s in args.ratio_sweep.split(",") if s.strip()]
     out = Path(args.out)
@@ -85,9 +93,11 @@ def run(argv: list[str] | None = None) -> dict:
 
     overrides = {} if args.hybrid_raw_tokens is None else {"hybrid_raw_tokens": args.hybrid_raw_tokens}
     model = _load(args.model, args.device, **overrides)
-    evaluator = Evaluator(model, args.window, args.max_new_tokens)
+    rag_model = _load(args.rag_model, args.device, **overrides) if "rag_ft" in methods else None
+    evaluator = Evaluator(model, args.window, args.max_new_tokens, rag_model)
     results = {
         "model": str(args.model or "shipped checkpoint"),
+        "rag_model": args.rag_model,
         "config": model.config.to_dict(),
         "settings": {"methods": methods, "window": evaluator.window, "max_new_tokens": args.max_new_tokens,
                      "max_questions": args.max_questions, "seed": args.seed, "device": args.device,

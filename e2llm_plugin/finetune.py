@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPUs that have it, else fp32")
 
     tasks = p.add_argument_group("tasks")
-    tasks.add_argument("--mode", choices=MODES, default="soft", help="how reasoning examples are read")
+    tasks.add_argument("--mode", choices=MODES, default="soft", help="how reasoning examples are read; rag: raw text of the best chunks only, "
+                       "no soft tokens (trains a text-RAG baseline decoder on the QA lines; understanding tasks are skipped)")
     tasks.add_argument("--understanding-ratio", type=float, default=0.5, help="chance a QA line also yields a restate-the-chunks task")
     tasks.add_argument("--understanding-weight", type=float, default=1.0)
     tasks.add_argument("--reasoning-weight", type=float, default=1.0)
@@ -115,8 +116,12 @@ def _build_model(args: TrainingArgs, overrides: dict):
         arch = sorted(k for k in overrides if k in ARCH_FLAGS)
         if arch:
             raise DataError(f"--from {args.init_from}: cannot change {arch} of a trained model")
-        return E2LLM.from_pretrained(args.init_from, **overrides)
-    return E2LLM(E2LLMConfig(**overrides))
+        model = E2LLM.from_pretrained(args.init_from, **overrides)
+    else:
+        model = E2LLM(E2LLMConfig(**overrides))
+    if args.mode == "rag":  # it reads as it was trained: from_pretrained() of this run answers by text RAG
+        model.config.mode = "rag"
+    return model
 
 
 def _publish(model, output: Path, card: dict) -> None:
@@ -148,9 +153,10 @@ def run(argv: list[str] | None = None) -> dict:
     overrides = {k: getattr(a, k) for k in {**ARCH_FLAGS, **READ_FLAGS} if getattr(a, k) is not None}
     args = TrainingArgs(**{f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}, config_overrides=overrides)
     # Every data problem surfaces here, before any model is loaded.
-    JsonlDataset(args.data)
+    qa_only = args.mode == "rag"
+    JsonlDataset(args.data, qa_only)
     if args.eval_data:
-        JsonlDataset(args.eval_data)
+        JsonlDataset(args.eval_data, qa_only)
 
     import torch
     from accelerate import Accelerator

@@ -70,7 +70,7 @@ class Answer:
     """One answer being generated. Iterate it for text pieces; the fields describe what the decoder read."""
 
     context: CompressedContext | None  # None for a plain chat turn (`E2LLM.chat` without documents)
-    mode: str  # "soft", "hybrid" or "chat"
+    mode: str  # "soft", "hybrid", "rag" or "chat"
     prompt_tokens: int  # decoder positions read before the answer (soft + text)
     passages: list[tuple[int, float]] = field(default_factory=list)  # (chunk index, similarity) read as raw text
     completion_tokens: int = 0
@@ -204,16 +204,26 @@ class E2LLM(
             raise E2LLMError(f"context must be a CompressedContext from model.compress(), got {type(context).__name__}")
         return context
 
+    def rag_budget(self, context: CompressedContext) -> int:
+        """Decoder positions "rag" mode fills with raw text: as many as hybrid reads (soft tokens + raw budget)."""
+        return context.num_chunks * self.config.soft_tokens_per_chunk + self.config.hybrid_raw_tokens
+
     def prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None,
-               history: list[dict] | None = None) -> tuple[Prompt, list]:
-        """The decoder's prompt for a question over a context, and the raw passages it includes (hybrid)."""
+               history: list[dict] | None = None, rag_budget: int | None = None) -> tuple[Prompt, list]:
+        """The decoder's prompt for a question over a context, and the raw passages it includes (hybrid, rag)."""
+        instruction = ANSWER_INSTRUCTION.format(question=question)
+        if mode == "rag":  # raw text of the best chunks in the context slot, where soft tokens would go
+            budget = self.rag_budget(context) if rag_budget is None else rag_budget
+            passages = self.select_passages(question, context, budget)
+            text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
+            slot = self.decoder.text_embeddings(text, max_tokens=budget)
+            return self.decoder.build_prompt(slot, instruction, target=target, max_new_tokens=max_new_tokens, history=history), passages
         passages = []
         raw = None
         if mode == "hybrid" and self.config.hybrid_raw_tokens > 0:
             passages = self.select_passages(question, context, self.config.hybrid_raw_tokens)
             raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
         soft = context.soft_tokens.reshape(-1, context.soft_tokens.shape[-1])
-        instruction = ANSWER_INSTRUCTION.format(question=question)
         prompt = self.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens, history=history)
         return prompt, passages
 

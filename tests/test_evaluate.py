@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from e2llm_plugin.errors import E2LLMError
 from e2llm_plugin.evaluate import main
 from e2llm_plugin.evaluation import report
 from e2llm_plugin.evaluation.methods import METHODS, Evaluator, Example, chunking, load_examples
@@ -50,8 +51,22 @@ def _example(copies=6, question="When is the National Day of Austria?"):
     return Example(question, "26 October", [LOREM * copies], {"field": "National holiday"})
 
 
-def test_every_method_runs_and_reports_its_costs(tiny_model):
-    evaluator = Evaluator(tiny_model, window=1024, max_new_tokens=4)
+@pytest.fixture(scope="module")
+def tiny_rag_model(tiny_config):
+    """A second tiny model with other LoRA weights: stands in for a checkpoint trained with finetune --mode rag."""
+    from e2llm_plugin import E2LLM
+
+    torch.manual_seed(1)
+    model = E2LLM(tiny_config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    return model.eval()
+
+
+def test_every_method_runs_and_reports_its_costs(tiny_model, tiny_rag_model):
+    evaluator = Evaluator(tiny_model, window=1024, max_new_tokens=4, rag_model=tiny_rag_model)
     outcomes, stats = evaluator.run_example(_example())
     assert list(outcomes) == list(METHODS) and stats["chunks"] > 4
     for method, o in outcomes.items():
@@ -61,9 +76,24 @@ def test_every_method_runs_and_reports_its_costs(tiny_model):
     assert tokens["closed_book"] < tokens["soft"] < tokens["hybrid"] < tokens["full_context"]
     assert outcomes["truncation"].prediction == outcomes["full_context"].prediction  # fits: the same prompt
     assert abs(tokens["rag_base"] - tokens["hybrid"]) <= 8  # RAG reads hybrid's budget (a few wrapper tokens apart)
-    assert tokens["rag_base"] == tokens["rag_tuned"]
+    assert tokens["rag_base"] == tokens["rag_tuned"] == tokens["rag_ft"]  # the same passages, other decoders
     # soft reads the same prompt as the text baselines with soft tokens in the context slot
-    assert tokens["soft"] == evaluator.text_prompt(_example().question, []).num_tokens + stats["soft_tokens"]
+    assert tokens["soft"] == evaluator.text_prompt(_example().question, "").num_tokens + stats["soft_tokens"]
+
+
+def test_rag_ft_needs_a_rag_model(tiny_model):
+    with pytest.raises(E2LLMError, match="--rag-model"):
+        Evaluator(tiny_model).run_example(_example(), ["rag_ft"])
+
+
+def test_rag_ft_reads_with_its_own_decoder(tiny_model, tiny_rag_model):
+    """rag_ft decodes with the text-RAG checkpoint's LoRA, not E2LLM's: on the same prompt the logits differ."""
+    evaluator = Evaluator(tiny_model, max_new_tokens=2, rag_model=tiny_rag_model)
+    prompt = evaluator.text_prompt("Which river?", LOREM)
+    with torch.inference_mode():
+        mine = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
+        theirs = tiny_rag_model.decoder.model(inputs_embeds=prompt.embeds).logits
+    assert not torch.allclose(mine, theirs)
 
 
 def test_window_caps_text_baselines(tiny_model):
@@ -79,7 +109,7 @@ def test_window_caps_text_baselines(tiny_model):
 def test_base_decoder_differs_from_tuned(tiny_model):
     """rag_base runs with LoRA disabled: its logits differ from rag_tuned's on the same prompt."""
     evaluator = Evaluator(tiny_model, max_new_tokens=2)
-    prompt = evaluator.text_prompt("Which river?", evaluator._ids(LOREM))
+    prompt = evaluator.text_prompt("Which river?", LOREM)
     tuned = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
     with evaluator._decoder_for("rag_base"):
         base = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
@@ -106,17 +136,18 @@ def _row(**f1s):
 def test_targets_are_judged_on_paired_questions():
     files = {
         "short.jsonl": {"examples": [_row(closed_book=0.1, soft=0.6, hybrid=0.7, rag_base=0.6, rag_tuned=0.68,
-                                          full_context=0.65)] * 3},
+                                          rag_ft=0.64, full_context=0.65)] * 3},
         "heldout.jsonl": {"held_out_field": True, "examples": [_row(closed_book=0.1, soft=0.2)]},
     }
     found = report.targets(files)
-    # +50 F1; +10/+10 over rag_base; only +2 over rag_tuned; 92% of full context at 20x fewer tokens; held out only +10
-    assert [t["met"] for t in found] == [True, True, False, True, False]
-    assert list(found[0]["per_file"]) == ["short.jsonl"] and list(found[4]["per_file"]) == ["heldout.jsonl"]
+    # +50 F1; +10/+10 over rag_base; only +2 over rag_tuned; +6/+6 over rag_ft; 92% of full context at 20x fewer
+    # tokens; held out only +10
+    assert [t["met"] for t in found] == [True, True, False, True, True, False]
+    assert list(found[0]["per_file"]) == ["short.jsonl"] and list(found[5]["per_file"]) == ["heldout.jsonl"]
     # full context n/a on a question: the comparison uses only the questions where both ran
     files["short.jsonl"]["examples"] = [_row(soft=0.6, full_context=0.65), _row(soft=0.0, full_context=None)]
     files["short.jsonl"]["examples"][1]["methods"]["full_context"] = {"prediction": None}
-    assert report.targets(files)[3]["met"] is True
+    assert report.targets(files)[4]["met"] is True
     assert report.targets({"a.jsonl": {"examples": [_row(soft=1.0)]}})[0]["met"] is None  # closed book never ran
 
 
@@ -148,7 +179,8 @@ def test_cli_writes_json_markdown_and_plot(tiny_checkpoint, data_files, tmp_path
     assert [p["chunk_tokens"] for p in results["sweep"]] == [12, 24, 48, 24]
     ratios = [p["compression_ratio"] for p in results["sweep"][:3]]
     assert ratios == sorted(ratios)
-    assert len(results["targets"]) == 5
+    assert len(results["targets"]) == 6
+    assert "rag_ft" not in summary and results["targets"][3]["met"] is None  # no --rag-model: not measured
     md = (out / "results.md").read_text()
     assert "| soft |" in md and "## Targets" in md and "short.jsonl" in md and md in capsys.readouterr().out
     assert (out / "compression.png").read_bytes()[:4] == b"\x89PNG"
@@ -158,6 +190,19 @@ def test_cli_rejects_unknown_methods(tiny_checkpoint, data_files, tmp_path, caps
     argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[0]), "--out", str(tmp_path), "--methods", "soft,oracle"]
     assert main(argv) == 2
     assert "oracle" in capsys.readouterr().err
+    assert main(argv[:-1] + ["rag_ft"]) == 2
+    assert "--rag-model" in capsys.readouterr().err
+
+
+def test_cli_runs_the_text_rag_baseline_from_its_own_checkpoint(tiny_checkpoint, data_files, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["--model", str(tiny_checkpoint), "--rag-model", str(tiny_checkpoint), "--data", str(data_files[0]),
+            "--out", str(out), "--methods", "rag_tuned,rag_ft,hybrid", "--max-questions", "2", "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["rag_model"] == str(tiny_checkpoint)
+    for row in results["files"]["short.jsonl"]["examples"]:  # the same weights read the same passages: same answer
+        assert row["methods"]["rag_ft"]["prediction"] == row["methods"]["rag_tuned"]["prediction"]
 
 
 def test_load_examples_skips_understanding_lines_and_shuffles(data_files):

@@ -58,6 +58,35 @@ def test_training_changes_only_adapter_and_lora(tiny_dirs, data, tmp_path, tiny_
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items())  # LoRA B starts at zero
 
 
+def test_rag_mode_trains_a_text_rag_decoder(tiny_dirs, data, tmp_path, capsys):
+    """--mode rag: QA lines only, raw passages instead of soft tokens, so only the decoder's LoRA learns."""
+    out = tmp_path / "rag"
+    assert finetune.main(_args(tiny_dirs, data, out, "--mode", "rag", "--max-steps", "3", "--lr", "1e-2",
+                                              "--save-every", "1", "--keep-checkpoints", "3")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "eval_loss_reasoning" in summary and "eval_loss_understanding" not in summary
+    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines() if '"lr"' in l]
+    assert all(r["tasks"] == 1 and "loss_reasoning" in r and "loss_understanding" not in r for r in log)
+    first = load_file(out / "checkpoints" / "step-0000001" / "model.safetensors")
+    last = load_file(out / "model.safetensors")
+    for name, value in last.items():
+        moved = not torch.equal(value, first[name])
+        if name.startswith("decoder.") and "lora_" in name:
+            assert moved, name
+        elif not name.startswith("decoder."):  # the encoder and adapter take no part in text RAG
+            assert not moved, name
+    model = E2LLM.from_pretrained(out)
+    assert model.config.mode == "rag" and isinstance(model.generate("When is the National Day?", documents=[LOREM]), str)
+
+
+def test_rag_mode_needs_qa_lines(tiny_dirs, tmp_path, capsys):
+    only_text = tmp_path / "text.jsonl"
+    only_text.write_text(json.dumps({"text": LOREM}) + "\n")
+    argv = _args(tiny_dirs, (only_text, only_text), tmp_path / "out", "--mode", "rag", "--max-steps", "1")
+    assert finetune.main(argv) == 2
+    assert "no QA lines" in capsys.readouterr().err
+
+
 def test_killed_run_resumes_to_the_same_weights(tiny_dirs, data, tmp_path, monkeypatch):
     steps = ["--max-steps", "6", "--save-every", "2", "--grad-accum", "2", "--seed", "3"]
     assert finetune.main(_args(tiny_dirs, data, tmp_path / "whole", *steps)) == 0

@@ -55,6 +55,21 @@ def test_answer_reports_what_was_read(tiny_model):
     assert [i for i, _ in hybrid.passages] == sorted(i for i, _ in hybrid.passages)
 
 
+def test_rag_reads_raw_passages_in_hybrids_positions(tiny_model):
+    """rag mode: no soft tokens, the best chunks' raw text instead, in as many decoder positions as hybrid reads."""
+    ctx = tiny_model.compress(DOCS + ["Cats sleep a lot. " * 30])
+    rag = tiny_model.answer("When is the National Day?", context=ctx, mode="rag")
+    assert isinstance("".join(rag), str) and rag.passages
+    hybrid = tiny_model.answer("When is the National Day?", context=ctx, mode="hybrid")
+    "".join(hybrid)
+    empty = tiny_model.decoder.build_prompt(tiny_model.decoder.text_embeddings(""), "Answer the question: When is the National Day?")
+    read = rag.prompt_tokens - empty.num_tokens
+    assert 0 < read <= tiny_model.rag_budget(ctx) == ctx.num_soft_tokens + tiny_model.config.hybrid_raw_tokens
+    raw = {a.mode: sum(tiny_model.decoder.count_tokens(ctx.chunks[i].text) for i, _ in a.passages) for a in (rag, hybrid)}
+    assert raw["rag"] > raw["hybrid"]  # the soft tokens' positions hold more raw text
+    assert tiny_model.rank_chunks("When is the National Day?", ctx)[0][0] in {i for i, _ in rag.passages}
+
+
 def test_hybrid_ranks_the_relevant_chunk_first(tiny_model):
     ctx = tiny_model.compress(["The weather was mild all year. " * 8, "Austria's National Day is 26 October.", "Cats sleep a lot. " * 8])
     best, _ = tiny_model.rank_chunks("What is the National Day of Austria?", ctx)[0]
@@ -150,7 +165,7 @@ def test_save_load_round_trip_gives_identical_answers(tiny_model, tiny_checkpoin
     loaded = E2LLM.from_pretrained(tiny_checkpoint)
     for name, tensor in tiny_model.trained_state_dict().items():
         torch.testing.assert_close(loaded.trained_state_dict()[name], tensor, rtol=0, atol=0)
-    for mode in ("soft", "hybrid"):
+    for mode in ("soft", "hybrid", "rag"):
         assert loaded.generate("When?", documents=DOCS, mode=mode) == tiny_model.generate("When?", documents=DOCS, mode=mode)
 
 

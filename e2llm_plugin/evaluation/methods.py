@@ -6,8 +6,11 @@ E2LLM puts soft tokens (built by the same ``Decoder.build_prompt``), and every m
 ``Decoder.stream_text``. Closed book reads ``Answer the question: {question}`` alone, with no context slot.
 
 Decoders: closed book, truncation, full context and ``rag_base`` read with the LoRA adapter disabled (the base
-decoder); ``rag_tuned``, soft and hybrid with it on. The tuned decoder was fine-tuned on soft-prompt QA, not on
-raw-text RAG: ``rag_tuned`` is RAG on a decoder tuned on the same QA data, but in another input format.
+decoder); ``rag_tuned``, soft and hybrid with it on. That decoder was fine-tuned on soft-prompt QA, so ``rag_tuned``
+reads text in a format it was not trained on; ``rag_ft`` is the fair text baseline: a separate checkpoint whose
+decoder LoRA was fine-tuned on the same QA data as text RAG (``finetune --mode rag``), given with ``--rag-model``.
+Every RAG method reads the same passages (E2LLM's "rag" mode: the chunks most similar to the question by the base
+encoder, raw text, in as many decoder positions as hybrid reads).
 
 Cost accounting: a context is chunked and compressed once and shared. Each method's time to first token counts the
 shared stages it needs (compression for soft/hybrid; chunking and the chunks' retrieval embeddings for RAG and
@@ -33,7 +36,8 @@ from ..decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Prompt
 from ..errors import E2LLMError
 from .metrics import PeakMemory, f1_score, score
 
-METHODS = ("closed_book", "truncation", "full_context", "rag_base", "rag_tuned", "soft", "hybrid")
+METHODS = ("closed_book", "truncation", "full_context", "rag_base", "rag_tuned", "rag_ft", "soft", "hybrid")
+RAG_METHODS = ("rag_base", "rag_tuned", "rag_ft")
 BASE_DECODER_METHODS = ("closed_book", "truncation", "full_context", "rag_base")
 DESCRIPTIONS = {
     "closed_book": "base decoder, the question alone (no context)",
@@ -41,6 +45,7 @@ DESCRIPTIONS = {
     "full_context": "base decoder, the whole context as text (only where it fits the window, else n/a)",
     "rag_base": "base decoder, top chunks by the base encoder's cosine similarity, raw text, at hybrid's decoder-token budget",
     "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on soft-prompt QA, not on text RAG)",
+    "rag_ft": "the same passages read by a decoder LoRA fine-tuned for text RAG on the same QA data (--rag-model)",
     "soft": "E2LLM: every chunk as soft tokens",
     "hybrid": "E2LLM: every chunk as soft tokens plus the raw text of the most similar chunks",
 }
@@ -110,10 +115,11 @@ class _Stage:
 
 
 class Evaluator:
-    """Runs the methods on one example at a time; `window` caps the text baselines' prompts."""
+    """Runs the methods on one example at a time; `window` caps the text baselines' prompts; `rag_model` (a checkpoint
+    trained with ``finetune --mode rag``) reads the passages for ``rag_ft``."""
 
-    def __init__(self, model, window: int | None = None, max_new_tokens: int = 32):
-        self.model = model
+    def __init__(self, model, window: int | None = None, max_new_tokens: int = 32, rag_model=None):
+        self.model, self.rag_model = model, rag_model
         self.decoder = model.decoder
         self.window = min(window or self.decoder.max_tokens, self.decoder.max_tokens)
         self.max_new_tokens = max_new_tokens
@@ -121,11 +127,10 @@ class Evaluator:
 
     # ---- prompts -------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def text_prompt(self, question: str, ids: list[int]) -> Prompt:
-        """The E2LLM prompt with the embeddings of these decoder tokens in the context slot."""
-        embed = self.decoder.model.get_input_embeddings()
-        tokens = torch.tensor(ids, dtype=torch.long, device=self.decoder.device)
-        return self.decoder.build_prompt(embed(tokens), ANSWER_INSTRUCTION.format(question=question))
+    def text_prompt(self, question: str, text: str, max_tokens: int | None = None) -> Prompt:
+        """The E2LLM prompt with the embeddings of this text's (first `max_tokens`) tokens in the context slot."""
+        slot = self.decoder.text_embeddings(text, max_tokens)
+        return self.decoder.build_prompt(slot, ANSWER_INSTRUCTION.format(question=question))
 
     @torch.inference_mode()
     def closed_book_prompt(self, question: str) -> Prompt:
@@ -134,10 +139,7 @@ class Evaluator:
 
     def text_budget(self, question: str) -> int:
         """Context tokens a text prompt can hold within the window, leaving room for the answer."""
-        return self.window - self.text_prompt(question, []).num_tokens - self.max_new_tokens
-
-    def _ids(self, text: str) -> list[int]:
-        return self.decoder.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return self.window - self.text_prompt(question, "").num_tokens - self.max_new_tokens
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _decoder_for(self, method: str):
@@ -158,13 +160,14 @@ class Evaluator:
     def _run(self, method: str, example: Example, build, stages: list[_Stage] = ()) -> Outcome:
         """Time and measure `build() -> (Prompt | Answer, tokens_read)` then decoding, with the shared stages added."""
         outcome = Outcome()
+        decoder = self.rag_model.decoder if method == "rag_ft" else self.decoder
         try:
             with PeakMemory(self.decoder.device) as memory, self._decoder_for(method):
                 start = time.perf_counter()
                 prompt = build()
                 if isinstance(prompt, Prompt):
                     outcome.tokens_read = prompt.num_tokens
-                    pieces = self.decoder.stream_text(prompt, self.max_new_tokens)
+                    pieces = decoder.stream_text(prompt, self.max_new_tokens)
                 else:  # an Answer from E2LLM.answer
                     outcome.tokens_read = prompt.prompt_tokens
                     pieces = iter(prompt)
@@ -204,8 +207,11 @@ class Evaluator:
             stages[name] = _Stage(time.perf_counter() - start, memory.peak_mb)
             return value
 
-        uses_chunks = {"rag_base", "rag_tuned", "soft", "hybrid"} & set(methods)
-        retrieval = {"rag_base", "rag_tuned", "hybrid"} & set(methods)
+        if "rag_ft" in methods and self.rag_model is None:
+            raise E2LLMError("rag_ft needs a text-RAG checkpoint: pass rag_model (--rag-model), trained with finetune --mode rag")
+        rag = [m for m in RAG_METHODS if m in methods]
+        uses_chunks = {*rag, "soft", "hybrid"} & set(methods)
+        retrieval = {*rag, "hybrid"} & set(methods)
         ctx = None
         if uses_chunks:
             if retrieval:  # RAG is charged for chunking, not for compression
@@ -218,16 +224,16 @@ class Evaluator:
         if "closed_book" in methods:
             results["closed_book"] = self._run("closed_book", example, lambda: self.closed_book_prompt(q))
 
-        text_ids = None
         if {"truncation", "full_context"} & set(methods):
             budget = self.text_budget(q)
-            text_ids = self._ids("\n\n".join(example.documents))
-            fits = len(text_ids) <= budget
+            text = "\n\n".join(example.documents)
+            length = self.decoder.count_tokens(text)
+            fits = length <= budget
 
             def full():
                 if not fits:
-                    raise _NotApplicable(f"n/a: context is {len(text_ids)} tokens, the window holds {budget}")
-                return self.text_prompt(q, text_ids)
+                    raise _NotApplicable(f"n/a: context is {length} tokens, the window holds {budget}")
+                return self.text_prompt(q, text)
 
             if "full_context" in methods:
                 results["full_context"] = self._run("full_context", example, full)
@@ -236,23 +242,15 @@ class Evaluator:
                     results["truncation"] = dataclasses.replace(results["full_context"],
                                                                 note="whole context fits: same as full_context")
                 else:
-                    results["truncation"] = self._run(
-                        "truncation", example, lambda: self.text_prompt(q, self._ids("\n\n".join(example.documents))[:budget]))
+                    results["truncation"] = self._run("truncation", example, lambda: self.text_prompt(q, text, budget))
 
-        rag = [m for m in ("rag_base", "rag_tuned") if m in methods]
         if rag:
-            # Equal budget: the decoder positions hybrid's context part takes (soft tokens + its raw passages).
-            with torch.inference_mode():
-                hybrid_tokens = model.prompt(q, ctx, "hybrid")[0].num_tokens
-            rag_budget = min(hybrid_tokens - self.text_prompt(q, []).num_tokens, self.text_budget(q))
-
-            def rag_prompt():
-                passages = model.select_passages(q, ctx, rag_budget)
-                ids = self._ids("\n".join(ctx.chunks[i].text.strip() for i, _ in passages))[:rag_budget]
-                return self.text_prompt(q, ids)
-
+            # Equal budget: as many decoder positions as hybrid reads, within the text baselines' window.
+            budget = min(model.rag_budget(ctx), self.text_budget(q))
             for method in rag:
-                results[method] = self._run(method, example, rag_prompt, [stages["chunk"], stages["index"]])
+                reader = self.rag_model if method == "rag_ft" else model
+                build = torch.inference_mode()(lambda r=reader: r.prompt(q, ctx, "rag", rag_budget=budget)[0])
+                results[method] = self._run(method, example, build, [stages["chunk"], stages["index"]])
 
         for method in ("soft", "hybrid"):
             if method in methods:

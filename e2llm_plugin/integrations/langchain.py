@@ -115,9 +115,9 @@ class ChatE2LLM(BaseChatModel):
     """Stop sequences; the answer ends right before the first one. A per-call `stop` replaces these."""
     temperature: float | None = None
     """Only None or 0: decoding is greedy (accepted because LangChain code commonly passes temperature=0)."""
-    mode: Literal["soft", "hybrid"] | None = None
+    mode: Literal["soft", "hybrid", "rag"] | None = None
     """"soft": long text as soft tokens only (the paper); "hybrid": plus the raw text of the passages most similar
-    to the question. None: the checkpoint's default."""
+    to the question; "rag": those passages' raw text only. None: the checkpoint's default."""
     long_text_tokens: int = Field(default=256, ge=0)
     """Text pieces longer than this many decoder tokens are compressed; shorter ones stay in the chat."""
     streaming: bool = False

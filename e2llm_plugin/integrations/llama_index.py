@@ -264,7 +264,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
         callback_manager: CallbackManager | None = None,
     ) -> None:
         """model: an `E2LLM`, a checkpoint directory or a Hub repo id (None: the shipped checkpoint).
-        mode: "soft" or "hybrid" (default: the model's). max_cached_nodes bounds the compression cache (LRU).
+        mode: "soft", "hybrid" or "rag" (default: the model's). max_cached_nodes bounds the compression cache (LRU).
         """
         if mode is not None and mode not in MODES:
             raise E2LLMError(f"unknown mode {mode!r}; choose one of {MODES}")

@@ -75,9 +75,9 @@ def parse_line(line: str, where: str) -> Record:
 
 
 class JsonlDataset:
-    """Validates a JSONL file in one streaming pass, then reads lines by offset."""
+    """Validates a JSONL file in one streaming pass, then reads lines by offset; `qa_only` keeps reasoning lines."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, qa_only: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such file")
@@ -90,11 +90,13 @@ class JsonlDataset:
                         line = raw.decode("utf-8")
                     except UnicodeDecodeError:
                         raise DataError(f"{self.path}:{number}: not UTF-8") from None
-                    parse_line(line, f"{self.path}:{number}")
-                    offsets.append(offset)
+                    record = parse_line(line, f"{self.path}:{number}")
+                    if record.prompt is not None or not qa_only:
+                        offsets.append(offset)
                 offset += len(raw)
         if not offsets:
-            raise DataError(f"{self.path}: no examples")
+            wanted = "QA lines ({context, prompt, answer})" if qa_only else "examples"
+            raise DataError(f"{self.path}: no {wanted}")
         self.offsets = np.asarray(offsets, dtype=np.int64)
 
     def __len__(self) -> int:

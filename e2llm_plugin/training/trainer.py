@@ -66,11 +66,12 @@ class _Trainable(nn.Module):
 
     def forward(self, task: Task) -> torch.Tensor:
         m = self.model
-        soft = m.soft_tokens([c.text for c in task.chunks])
         if task.kind == "reasoning":
+            soft = None if self.mode == "rag" else m.soft_tokens([c.text for c in task.chunks])  # rag reads raw text only
             ctx = CompressedContext(task.chunks, soft, num_documents=1, num_source_tokens=0)
             prompt, _ = m.prompt(task.question, ctx, self.mode, target=task.target)
         else:
+            soft = m.soft_tokens([c.text for c in task.chunks])
             prompt = m.decoder.build_prompt(soft.reshape(-1, soft.shape[-1]), RESTATE_INSTRUCTION, target=task.target)
         return m.decoder.loss(prompt)
 
@@ -79,8 +80,9 @@ class Trainer:
     def __init__(self, model: E2LLM, args: TrainingArgs, accelerator):
         self.model, self.args, self.acc = model, args, accelerator
         self.output = Path(args.output)
-        self.train_set = JsonlDataset(args.data)
-        self.eval_set = JsonlDataset(args.eval_data) if args.eval_data else None
+        qa_only = args.mode == "rag"  # a text-RAG decoder learns from QA lines only
+        self.train_set = JsonlDataset(args.data, qa_only)
+        self.eval_set = JsonlDataset(args.eval_data, qa_only) if args.eval_data else None
         self.world = accelerator.num_processes
         per_step = args.grad_accum * self.world
         self.steps_per_epoch = max(1, len(self.train_set) // per_step)
@@ -110,6 +112,8 @@ class Trainer:
         rng = random.Random(f"{self.args.seed}-{cursor}")
         tasks = make_tasks(record, self.model.chunker, rng, self.args.understanding_ratio, self.args.window_chunks)
         kept = [t for t in tasks if len(t.chunks) <= self.args.max_chunks]
+        if self.args.mode == "rag":  # a text-RAG decoder has no soft tokens to learn to restate
+            kept = [t for t in kept if t.kind == "reasoning"]
         self.skipped += len(tasks) - len(kept)
         return kept
 
