@@ -161,11 +161,12 @@ def test_query_and_synthesis_are_instrumentation_spans(engine):
     assert "E2LLMQueryEngine.query" in names and "E2LLMSynthesizer.synthesize" in names
 
 
-def test_hybrid_mode_scores_sources(tiny_model):
-    engine = E2LLMQueryEngine.from_documents(documents(), model=tiny_model, mode="hybrid", transformations=[splitter()])
+@pytest.mark.parametrize("mode", ["hybrid", "rag"])
+def test_passage_modes_score_sources(tiny_model, mode):
+    engine = E2LLMQueryEngine.from_documents(documents(), model=tiny_model, mode=mode, transformations=[splitter()])
     response = engine.query(QUESTION)
     stats = response.metadata["e2llm"]
-    assert stats["mode"] == "hybrid"
+    assert stats["mode"] == mode
     assert all(isinstance(n.score, float) for n in response.source_nodes)
     node_ids = {n.node.node_id for n in response.source_nodes}
     assert stats["passages"] and all(p["node_id"] in node_ids and p["text"] for p in stats["passages"])

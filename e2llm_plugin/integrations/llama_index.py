@@ -344,7 +344,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
             source_tokens=context.num_source_tokens, compression_ratio=context.compression_ratio, mode=answer.mode,
         ))
         scores: list[float | None] = [None] * len(texts)
-        if answer.mode == "hybrid":  # hybrid ranks chunks; a node scores as its best chunk
+        if answer.passages:  # hybrid and rag rank chunks; a node scores as its best chunk
             for index, score in self._model.rank_chunks(question, context):
                 node = context.chunks[index].doc_index
                 if scores[node] is None:
