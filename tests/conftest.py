@@ -41,16 +41,20 @@ def tiny_config(tiny_dirs):
     return E2LLMConfig(encoder=encoder, decoder=decoder, chunk_tokens=24, encoder_lora_r=2, decoder_lora_r=2, max_new_tokens=8, hybrid_raw_tokens=48)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_config):
-    torch.manual_seed(0)
-    model = E2LLM(tiny_config)
+def build_tiny_model(config: E2LLMConfig, seed: int = 0) -> E2LLM:
+    torch.manual_seed(seed)
+    model = E2LLM(config)
     # Untrained LoRA B matrices are zero; give them values so save/load tests would notice a lost tensor.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    return build_tiny_model(tiny_config)
 
 
 @pytest.fixture(scope="session")

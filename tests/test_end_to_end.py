@@ -35,7 +35,7 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
     ctx = shipped.compress([text])
     assert ctx.num_chunks > 50 and ctx.compression_ratio > 50
     question = "What is the national holiday of Finland?"
-    answers = {mode: shipped.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in ("soft", "hybrid")}
+    answers = {mode: shipped.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in ("soft", "hybrid", "rag")}
     assert all(isinstance(a, str) and a for a in answers.values())
     assert "".join(shipped.stream(question, context=ctx, mode="soft", max_new_tokens=24)) == answers["soft"]
     shipped.save_pretrained(tmp_path / "copy")

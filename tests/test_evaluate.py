@@ -13,7 +13,7 @@ from e2llm_plugin.evaluation import report
 from e2llm_plugin.evaluation.methods import METHODS, Evaluator, Example, chunking, load_examples
 from e2llm_plugin.evaluation.metrics import PeakMemory, answer_recall, exact_match, f1_score, normalize_answer
 
-from conftest import LOREM
+from conftest import LOREM, build_tiny_model
 
 
 # ---- metrics --------------------------------------------------------------------------------------------------------
@@ -54,15 +54,7 @@ def _example(copies=6, question="When is the National Day of Austria?"):
 @pytest.fixture(scope="module")
 def tiny_rag_model(tiny_config):
     """A second tiny model with other LoRA weights: stands in for a checkpoint trained with finetune --mode rag."""
-    from e2llm_plugin import E2LLM
-
-    torch.manual_seed(1)
-    model = E2LLM(tiny_config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-    return model.eval()
+    return build_tiny_model(tiny_config, seed=1).eval()
 
 
 def test_every_method_runs_and_reports_its_costs(tiny_model, tiny_rag_model):
