@@ -11,7 +11,7 @@ from e2llm_plugin.errors import E2LLMError
 from e2llm_plugin.evaluate import main
 from e2llm_plugin.evaluation import report
 from e2llm_plugin.evaluation.methods import METHODS, Evaluator, Example, chunking, load_examples
-from e2llm_plugin.evaluation.metrics import PeakMemory, answer_recall, exact_match, f1_score, normalize_answer
+from e2llm_plugin.evaluation.metrics import PeakMemory, answer_in, answer_recall, exact_match, f1_score, normalize_answer
 
 from conftest import LOREM, build_tiny_model
 
@@ -36,6 +36,13 @@ def test_answer_recall_ignores_verbosity():
     assert answer_recall("It is on 26 October.", gold) == pytest.approx(2 / 5)
     assert answer_recall("no idea", gold) == 0.0
     assert f1_score(f"The national holiday of Austria is {gold}, a public holiday.", gold) < 1.0
+
+
+def test_answer_in_matches_whole_normalised_words():
+    assert answer_in("Austria - National holiday: National Day, 26 October (1955)", "the National Day, 26 October") == 1.0
+    assert answer_in("It was 1955.", "1955") == 1.0
+    assert answer_in("In 11955 nothing happened.", "1955") == 0.0  # not inside another token
+    assert answer_in("no date here", "26 October") == 0.0
 
 
 def test_peak_memory_sees_an_allocation():
@@ -69,6 +76,10 @@ def test_every_method_runs_and_reports_its_costs(tiny_model, tiny_rag_model):
     assert outcomes["truncation"].prediction == outcomes["full_context"].prediction  # fits: the same prompt
     assert abs(tokens["rag_base"] - tokens["hybrid"]) <= 8  # RAG reads hybrid's budget (a few wrapper tokens apart)
     assert tokens["rag_base"] == tokens["rag_tuned"] == tokens["rag_ft"]  # the same passages, other decoders
+    hits = {m: o.passage_hit for m, o in outcomes.items()}
+    assert all(hits[m] in (0.0, 1.0) for m in ("rag_base", "rag_tuned", "rag_ft", "hybrid"))
+    assert hits["rag_base"] == hits["rag_tuned"] == hits["rag_ft"]
+    assert all(hits[m] is None for m in ("closed_book", "truncation", "full_context", "soft"))
     # soft reads the same prompt as the text baselines with soft tokens in the context slot
     assert tokens["soft"] == evaluator.text_prompt(_example().question, "").num_tokens + stats["soft_tokens"]
 

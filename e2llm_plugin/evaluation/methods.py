@@ -34,7 +34,7 @@ import torch
 from ..chunking import Chunker
 from ..decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Prompt
 from ..errors import E2LLMError
-from .metrics import PeakMemory, f1_score, score
+from .metrics import PeakMemory, answer_in, f1_score, score
 
 METHODS = ("closed_book", "truncation", "full_context", "rag_base", "rag_tuned", "rag_ft", "soft", "hybrid")
 RAG_METHODS = ("rag_base", "rag_tuned", "rag_ft")
@@ -101,6 +101,7 @@ class Outcome:
     em: float | None = None
     f1: float | None = None
     recall: float | None = None
+    passage_hit: float | None = None  # methods that read raw passages: 1.0 if the gold answer is in them
     note: str = ""
 
     @property
@@ -260,6 +261,13 @@ class Evaluator:
                     return model.answer(q, context=ctx, mode=m, max_new_tokens=self.max_new_tokens)
 
                 results[method] = self._run(method, example, answer, needs)
+
+        # Untimed diagnostic: whether the passages read verbatim hold the answer (retrieval, not reading, failed if not).
+        read = {"hybrid": model.config.hybrid_raw_tokens} | ({m: budget for m in rag} if rag else {})
+        for method, tokens in read.items():
+            if method in results and results[method].ok:
+                passages = model.select_passages(q, ctx, tokens)
+                results[method].passage_hit = answer_in(" ".join(ctx.chunks[i].text for i, _ in passages), example.answer)
         return {m: results[m] for m in methods}, (ctx.stats() if ctx is not None else {})
 
 

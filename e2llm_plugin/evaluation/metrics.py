@@ -22,6 +22,11 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+def answer_in(text: str, gold: str) -> float:
+    """1.0 if the normalised gold answer occurs in the normalised text: did retrieval hand the reader the answer?"""
+    return float(f" {normalize_answer(gold)} " in f" {normalize_answer(text)} ")
+
+
 def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 

@@ -20,6 +20,9 @@ def aggregate(outcomes: list[dict]) -> dict:
     for key in ("ttft_s", "total_s", "tokens_read"):
         out[key] = sum(o[key] for o in ran) / len(ran)
     out["peak_mb"] = max(o["peak_mb"] for o in ran)
+    hits = [o["passage_hit"] for o in ran if o.get("passage_hit") is not None]
+    if hits:
+        out["passage_hit"] = 100 * sum(hits) / len(hits)
     return out
 
 
@@ -93,13 +96,15 @@ def markdown(results: dict) -> str:
              "new tokens; "
              f"{s['device']}, {s['threads']} torch thread(s). Scores are 0-100 (SQuAD normalisation); recall = share of gold "
              "answer tokens in the prediction. TTFT includes compression (E2LLM) or chunk embedding (RAG) and prefill; "
-             "peak MB = the most memory one call added over the RSS before it (max over questions).", ""]
+             "peak MB = the most memory one call added over the RSS before it (max over questions); answer in passages = "
+             "share of questions whose gold answer occurs in the raw passages the method read (retrieval hit rate).", ""]
     for name, f in results["files"].items():
         lines += [f"## {name}" + (f" ({HELD_OUT_NOTE})" if f.get("held_out_field") else ""), "",
-                  "| method | EM | F1 | recall | TTFT s | total s | decoder tokens read | peak MB | n |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | EM | F1 | recall | answer in passages % | TTFT s | total s | decoder tokens read | peak MB | n |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, agg in f["summary"].items():
-            lines.append(f"| {method} | {_fmt(agg.get('em'))} | {_fmt(agg.get('f1'))} | {_fmt(agg.get('recall'))} | "
+            hit = _fmt(agg.get("passage_hit"), 0) if "passage_hit" in agg else "–"
+            lines.append(f"| {method} | {_fmt(agg.get('em'))} | {_fmt(agg.get('f1'))} | {_fmt(agg.get('recall'))} | {hit} | "
                          f"{_fmt(agg.get('ttft_s'), 2)} | {_fmt(agg.get('total_s'), 2)} | {_fmt(agg.get('tokens_read'), 0)} | "
                          f"{_fmt(agg.get('peak_mb'), 0)} | {agg['n']}/{agg['n_total']} |")
         if "wall_s_per_question" in f:
