@@ -247,10 +247,10 @@ class Evaluator:
 
         if rag:
             # Equal budget: as many decoder positions as hybrid reads, within the text baselines' window.
-            budget = min(model.rag_budget(ctx), self.text_budget(q))
+            rag_budget = min(model.rag_budget(ctx), self.text_budget(q))
             for method in rag:
                 reader = self.rag_model if method == "rag_ft" else model
-                build = torch.inference_mode()(lambda r=reader: r.prompt(q, ctx, "rag", rag_budget=budget)[0])
+                build = torch.inference_mode()(lambda r=reader: r.prompt(q, ctx, "rag", rag_budget=rag_budget)[0])
                 results[method] = self._run(method, example, build, [stages["chunk"], stages["index"]])
 
         for method in ("soft", "hybrid"):
@@ -263,7 +263,7 @@ class Evaluator:
                 results[method] = self._run(method, example, answer, needs)
 
         # Untimed diagnostic: whether the passages read verbatim hold the answer (retrieval, not reading, failed if not).
-        read = {"hybrid": model.config.hybrid_raw_tokens} | ({m: budget for m in rag} if rag else {})
+        read = {"hybrid": model.config.hybrid_raw_tokens} | {m: rag_budget for m in rag}
         for method, tokens in read.items():
             if method in results and results[method].ok:
                 passages = model.select_passages(q, ctx, tokens)
