@@ -58,7 +58,7 @@ print(model.generate("What is this about?", documents=[open("long.txt").read()])
 ```
 
 ## Training
-{{ training | default("Not trained: the adapter and LoRA weights are at their initial values.", true) }}
+{{ training | default("Not recorded: pass `model_card_kwargs={'training': ...}` to `save_pretrained` to describe it.", true) }}
 
 ## Evaluation
 {{ evaluation | default("Not evaluated.", true) }}
