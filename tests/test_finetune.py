@@ -65,6 +65,7 @@ def test_rag_mode_trains_a_text_rag_decoder(tiny_dirs, data, tmp_path, capsys):
                                               "--save-every", "1", "--keep-checkpoints", "3")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "eval_loss_reasoning" in summary and "eval_loss_understanding" not in summary
+    assert summary["skipped_tasks"] == 0  # no restate tasks are made, so none is counted as too long
     log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines() if '"lr"' in l]
     assert all(r["tasks"] == 1 and "loss_reasoning" in r and "loss_understanding" not in r for r in log)
     first = load_file(out / "checkpoints" / "step-0000001" / "model.safetensors")

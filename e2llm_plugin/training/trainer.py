@@ -110,10 +110,10 @@ class Trainer:
         epoch, index = divmod(cursor, len(dataset))
         record = dataset.read(int(dataset.order(epoch, self.args.seed)[index]) if shuffle else index)
         rng = random.Random(f"{self.args.seed}-{cursor}")
-        tasks = make_tasks(record, self.model.chunker, rng, self.args.understanding_ratio, self.args.window_chunks)
+        # A text-RAG decoder has no soft tokens to learn to restate; its data holds QA lines only (see __init__).
+        ratio = 0.0 if self.args.mode == "rag" else self.args.understanding_ratio
+        tasks = make_tasks(record, self.model.chunker, rng, ratio, self.args.window_chunks)
         kept = [t for t in tasks if len(t.chunks) <= self.args.max_chunks]
-        if self.args.mode == "rag":  # a text-RAG decoder has no soft tokens to learn to restate
-            kept = [t for t in kept if t.kind == "reasoning"]
         self.skipped += len(tasks) - len(kept)
         return kept
 
