@@ -214,6 +214,9 @@ class E2LLM(
         instruction = ANSWER_INSTRUCTION.format(question=question)
         if mode == "rag":  # raw text of the best chunks in the context slot, where soft tokens would go
             budget = self.rag_budget(context) if rag_budget is None else rag_budget
+            # Only what fits beside the prompt and the answer: rag reads a few passages of any long context.
+            frame = self.decoder.build_prompt(self.decoder.text_embeddings(""), instruction, history=history).num_tokens
+            budget = min(budget, self.decoder.max_tokens - frame - max_new_tokens)
             passages = self.select_passages(question, context, budget)
             text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
             slot = self.decoder.text_embeddings(text, max_tokens=budget)

@@ -70,6 +70,16 @@ def test_rag_reads_raw_passages_in_hybrids_positions(tiny_model):
     assert tiny_model.rank_chunks("When is the National Day?", ctx)[0][0] in {i for i, _ in rag.passages}
 
 
+def test_rag_fits_the_decoder_window_however_long_the_context(tiny_model, monkeypatch):
+    """rag's budget (soft tokens + raw budget) may exceed the window; it reads the best passages that fit."""
+    monkeypatch.setattr(tiny_model.config, "hybrid_raw_tokens", 5000)  # budget far beyond the tiny decoder's 1024
+    ctx = tiny_model.compress([" ".join(DOCS) * 40])
+    assert sum(tiny_model.decoder.count_tokens(c.text) for c in ctx.chunks) > tiny_model.decoder.max_tokens
+    rag = tiny_model.answer("When is the National Day?", context=ctx, mode="rag", max_new_tokens=8)
+    "".join(rag)
+    assert rag.passages and rag.prompt_tokens + 8 <= tiny_model.decoder.max_tokens
+
+
 def test_hybrid_ranks_the_relevant_chunk_first(tiny_model):
     ctx = tiny_model.compress(["The weather was mild all year. " * 8, "Austria's National Day is 26 October.", "Cats sleep a lot. " * 8])
     best, _ = tiny_model.rank_chunks("What is the National Day of Austria?", ctx)[0]
