@@ -48,6 +48,14 @@ class VPMA(nn.Module):
         h = self.norm1(pooled + self.seeds)
         return self.norm2(h + self.ffn(h)) * self.scale
 
+    @torch.no_grad()
+    def grow(self, num_tokens: int) -> None:
+        """More soft tokens per chunk, warm-started: the trained seeds stay, new ones are nudged copies of them.
+
+        Each seed pools independently, so the first k tokens come out exactly as before."""
+        old = self.seeds.data
+        self.seeds = nn.Parameter(torch.cat([old, _nudged_copies(old, num_tokens - len(old))]))
+
 
 class MLPAdapter(nn.Module):
     def __init__(self, encoder_dim: int, decoder_dim: int, num_tokens: int = 1, embed_scale: float = 1.0):
@@ -64,6 +72,25 @@ class MLPAdapter(nn.Module):
         pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
         out = self.mlp(pooled).view(states.shape[0], self.num_tokens, -1)
         return self.norm(out) * self.scale
+
+    @torch.no_grad()
+    def grow(self, num_tokens: int) -> None:
+        """More soft tokens per chunk, warm-started: new output rows are nudged copies of the trained ones."""
+        last = self.mlp[-1]
+        d = last.out_features // self.num_tokens
+        weight = last.weight.data.view(self.num_tokens, d, -1)
+        bias = last.bias.data.view(self.num_tokens, d)
+        extra = num_tokens - self.num_tokens
+        grown = nn.Linear(last.in_features, num_tokens * d).to(last.weight)
+        grown.weight.data = torch.cat([weight, _nudged_copies(weight, extra)]).flatten(0, 1)
+        grown.bias.data = torch.cat([bias, _nudged_copies(bias, extra)]).flatten()
+        self.mlp[-1], self.num_tokens = grown, num_tokens
+
+
+def _nudged_copies(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` copies of `rows` (cycled along dim 0) plus 10% noise, so new soft tokens start trained but distinct."""
+    copies = rows[torch.arange(count) % len(rows)]
+    return copies + torch.randn_like(copies) * rows.std() * 0.1
 
 
 def build_adapter(kind: str, encoder_dim: int, decoder_dim: int, num_tokens: int, num_heads: int, embed_scale: float) -> nn.Module:

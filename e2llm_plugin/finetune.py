@@ -24,7 +24,7 @@ from .training.data import DataError, JsonlDataset
 from .training.trainer import Trainer, TrainingArgs
 
 # Config fields settable from the command line. The first group changes the architecture, so it cannot be
-# changed when continuing from a trained model (--from).
+# changed when continuing from a trained model (--from); except k, which grows from the trained adapter.
 ARCH_FLAGS = {"encoder": str, "decoder": str, "chunk_tokens": int, "chunk_overlap": int, "adapter": str,
               "soft_tokens_per_chunk": int, "encoder_lora_r": int, "decoder_lora_r": int}
 READ_FLAGS = {"hybrid_raw_tokens": int}
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model (new runs)")
     for name, kind in {**ARCH_FLAGS, **READ_FLAGS}.items():
         extra = {"choices": ADAPTERS} if name == "adapter" else {}
+        if name == "soft_tokens_per_chunk":
+            extra["help"] = "k; with --from, a larger k grows from the trained adapter (its k tokens kept, new ones warm-started)"
         model.add_argument("--" + name.replace("_", "-"), type=kind, default=None, **extra)
     return p
 
@@ -113,10 +115,17 @@ def _build_model(args: TrainingArgs, overrides: dict):
     from .model import E2LLM
 
     if args.init_from:
-        arch = sorted(k for k in overrides if k in ARCH_FLAGS)
+        overrides = dict(overrides)
+        k = overrides.pop("soft_tokens_per_chunk", None)
+        arch = sorted(name for name in overrides if name in ARCH_FLAGS)
         if arch:
             raise DataError(f"--from {args.init_from}: cannot change {arch} of a trained model")
         model = E2LLM.from_pretrained(args.init_from, **overrides)
+        if k is not None:
+            try:
+                model.grow_soft_tokens(k)
+            except E2LLMError as err:
+                raise DataError(f"--soft-tokens-per-chunk {k} with --from {args.init_from}: {err}") from None
     else:
         model = E2LLM(E2LLMConfig(**overrides))
     if args.mode == "rag":  # it reads as it was trained: from_pretrained() of this run answers by text RAG
@@ -168,13 +177,12 @@ def run(argv: list[str] | None = None) -> dict:
     output = Path(args.output)
     signature = {k: v for k, v in asdict(args).items() if k not in ("time_budget_min", "push_to_hub", "eval_every", "save_every", "keep_checkpoints")}
     _check_output(output, signature, a.resume, a.overwrite)
+    set_seed(args.seed)
+    model = _build_model(args, overrides).to(acc.device)  # before --output is touched: a refused --from leaves it as it was
     acc.wait_for_everyone()
     if acc.is_main_process:
         _start_output(output, signature, a.resume)
     acc.wait_for_everyone()
-
-    set_seed(args.seed)
-    model = _build_model(args, overrides).to(acc.device)
     trainer = Trainer(model, args, acc)
     if a.resume:
         trainer.resume()

@@ -132,6 +132,13 @@ class E2LLM(
         states, mask = self.encoder(texts)
         return self.adapter(states, mask)
 
+    def grow_soft_tokens(self, k: int) -> None:
+        """Read each chunk as k soft tokens instead of fewer, keeping what the adapter learned (fine-tune after)."""
+        if k < self.config.soft_tokens_per_chunk:
+            raise E2LLMError(f"soft tokens per chunk can only grow: this model has {self.config.soft_tokens_per_chunk}, asked for {k}")
+        self.adapter.grow(k)
+        self.config.soft_tokens_per_chunk = k
+
     @torch.inference_mode()
     def compress(self, documents, show_progress: bool | None = None) -> CompressedContext:
         """Chunk and encode documents once; the result answers any number of questions."""

@@ -88,6 +88,21 @@ def test_rag_mode_needs_qa_lines(tiny_dirs, tmp_path, capsys):
     assert "no QA lines" in capsys.readouterr().err
 
 
+def test_from_a_trained_model_k_grows_and_nothing_else_of_the_architecture_changes(tiny_dirs, data, tmp_path, capsys):
+    first = tmp_path / "k1"
+    assert finetune.main(_args(tiny_dirs, data, first, "--max-steps", "1")) == 0
+    base = ["--data", str(data[0]), "--eval-data", str(data[1]), "--from", str(first), "--eval-examples", "3", "--max-steps", "1"]
+    assert finetune.main([*base, "--output", str(tmp_path / "k2"), "--soft-tokens-per-chunk", "2"]) == 0
+    grown = E2LLM.from_pretrained(tmp_path / "k2")
+    assert grown.config.soft_tokens_per_chunk == 2 and grown.compress([LOREM]).soft_tokens.shape[1] == 2
+    assert finetune.main([*base, "--output", str(tmp_path / "r"), "--decoder-lora-r", "4"]) == 2
+    assert "cannot change ['decoder_lora_r']" in capsys.readouterr().err
+    assert finetune.main([*base, "--output", str(tmp_path / "k0"), "--soft-tokens-per-chunk", "1",
+                          "--from", str(tmp_path / "k2")]) == 2
+    assert "can only grow" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "k0").exists()  # refused before --output was written
+
+
 def test_killed_run_resumes_to_the_same_weights(tiny_dirs, data, tmp_path, monkeypatch):
     steps = ["--max-steps", "6", "--save-every", "2", "--grad-accum", "2", "--seed", "3"]
     assert finetune.main(_args(tiny_dirs, data, tmp_path / "whole", *steps)) == 0

@@ -157,6 +157,30 @@ def test_adapters_shape_and_ignore_padding(adapter_cls, k):
     torch.testing.assert_close(adapter(noisy, mask), out)
 
 
+@pytest.mark.parametrize("adapter_cls", [VPMA, MLPAdapter])
+def test_growing_k_keeps_the_trained_tokens_and_adds_distinct_ones(adapter_cls):
+    torch.manual_seed(0)
+    adapter = adapter_cls(16, 24, 1, embed_scale=0.1) if adapter_cls is MLPAdapter else adapter_cls(16, 24, 1, 4, 0.1)
+    states, mask = torch.randn(3, 5, 16), torch.ones(3, 5)
+    before = adapter(states, mask)
+    adapter.grow(3)
+    after = adapter(states, mask)
+    assert after.shape == (3, 3, 24)
+    torch.testing.assert_close(after[:, :1], before)
+    assert not torch.allclose(after[:, 1], after[:, 2]) and not torch.allclose(after[:, 0], after[:, 1])
+    assert all(p.requires_grad for p in adapter.parameters())  # the grown tokens train
+
+
+def test_model_grows_k_but_never_shrinks_it(tiny_config):
+    import dataclasses
+
+    model = E2LLM(tiny_config)
+    model.grow_soft_tokens(2)
+    assert model.config.soft_tokens_per_chunk == 2 and model.compress(DOCS).soft_tokens.shape[1] == 2
+    with pytest.raises(E2LLMError, match="can only grow: this model has 2, asked for 1"):
+        model.grow_soft_tokens(1)
+
+
 def test_mlp_adapter_and_k_soft_tokens_end_to_end(tiny_config):
     import dataclasses
 
