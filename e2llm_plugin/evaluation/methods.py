@@ -6,8 +6,8 @@ E2LLM puts soft tokens (built by the same ``Decoder.build_prompt``), and every m
 ``Decoder.stream_text``. Closed book reads ``Answer the question: {question}`` alone, with no context slot.
 
 Decoders: closed book, truncation, full context and ``rag_base`` read with the LoRA adapter disabled (the base
-decoder); ``rag_tuned``, soft and hybrid with it on. That decoder was fine-tuned on soft-prompt QA, so ``rag_tuned``
-reads text in a format it was not trained on; ``rag_ft`` is the fair text baseline: a separate checkpoint whose
+decoder); ``rag_tuned``, soft and hybrid with it on. That decoder was fine-tuned on QA with soft prompts (and raw
+passages, if trained with ``--mode hybrid``), never on raw passages alone; ``rag_ft`` is the text baseline: a separate checkpoint whose
 decoder LoRA was fine-tuned on the same QA data as text RAG (``finetune --mode rag``), given with ``--rag-model``.
 Every RAG method reads the same passages (E2LLM's "rag" mode: the chunks most similar to the question by the base
 encoder, raw text, in as many decoder positions as hybrid reads).
@@ -44,7 +44,7 @@ DESCRIPTIONS = {
     "truncation": "base decoder, the first context tokens that fit the window",
     "full_context": "base decoder, the whole context as text (only where it fits the window, else n/a)",
     "rag_base": "base decoder, top chunks by the base encoder's cosine similarity, raw text, at hybrid's decoder-token budget",
-    "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on soft-prompt QA, not on text RAG)",
+    "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on QA with soft prompts, never on raw passages alone)",
     "rag_ft": "the same passages read by a decoder LoRA fine-tuned for text RAG on the same QA data (--rag-model)",
     "soft": "E2LLM: every chunk as soft tokens",
     "hybrid": "E2LLM: every chunk as soft tokens plus the raw text of the most similar chunks",

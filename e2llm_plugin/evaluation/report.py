@@ -165,7 +165,11 @@ def plot(results: dict, path: str | Path) -> None:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xticks(sorted({round(p["compression_ratio"], 1) for p in points}))
+        ticks: list[float] = []
+        for ratio in sorted({round(p["compression_ratio"], 1) for p in points}):
+            if not ticks or ratio > ticks[-1] * 1.15:  # closer ticks print over each other on a log axis
+                ticks.append(ratio)
+        ax.set_xticks(ticks)
     else:
         ax.text(0.5, 0.5, "no compression sweep was run", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("compression ratio (source decoder tokens per soft token)")
