@@ -7,8 +7,9 @@ E2LLM puts soft tokens (built by the same ``Decoder.build_prompt``), and every m
 
 Decoders: closed book, truncation, full context and ``rag_base`` read with the LoRA adapter disabled (the base
 decoder); ``rag_tuned``, soft and hybrid with it on. That decoder was fine-tuned on QA with soft prompts (and raw
-passages, if trained with ``--mode hybrid``), never on raw passages alone; ``rag_ft`` is the text baseline: a separate checkpoint whose
-decoder LoRA was fine-tuned on the same QA data as text RAG (``finetune --mode rag``), given with ``--rag-model``.
+passages, if trained with ``--mode hybrid``), never on raw passages alone; ``rag_ft`` is the text baseline: a
+separate checkpoint whose decoder LoRA was fine-tuned on the same QA data as text RAG (``finetune --mode rag``),
+given with ``--rag-model``.
 Every RAG method reads the same passages (E2LLM's "rag" mode: the chunks most similar to the question by the base
 encoder, raw text, in as many decoder positions as hybrid reads).
 
