@@ -50,7 +50,7 @@ def main() -> None:
         pieces = iter(answer)
         _, _ = next(pieces, ""), None
         ttft = time.perf_counter() - start
-        rest = "".join(pieces)
+        "".join(pieces)  # the rest of the answer
         total = time.perf_counter() - start
         results[mode] = ttft
         print(f"{mode:6s}: {answer.prompt_tokens} decoder tokens read, first token {ttft:.2f}s (+compress {compress:.2f}s), "

@@ -16,12 +16,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import E2LLMConfig
+from .errors import ConfigError
+
 
 class VPMA(nn.Module):
     def __init__(self, encoder_dim: int, decoder_dim: int, num_tokens: int = 1, num_heads: int = 4, embed_scale: float = 1.0):
         super().__init__()
         if decoder_dim % num_heads:
-            raise ValueError(f"decoder width {decoder_dim} is not divisible by adapter_heads={num_heads}")
+            raise ConfigError(f"decoder width {decoder_dim} is not divisible by adapter_heads={num_heads}")
         self.num_heads = num_heads
         self.seeds = nn.Parameter(torch.randn(num_tokens, decoder_dim) * decoder_dim**-0.5)
         self.q_proj = nn.Linear(decoder_dim, decoder_dim)
@@ -68,9 +71,7 @@ class MLPAdapter(nn.Module):
         self.scale = nn.Parameter(torch.tensor(float(embed_scale)))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.to(states.dtype).unsqueeze(-1)
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-        out = self.mlp(pooled).view(states.shape[0], self.num_tokens, -1)
+        out = self.mlp(mean_pool(states, mask)).view(states.shape[0], self.num_tokens, -1)
         return self.norm(out) * self.scale
 
     @torch.no_grad()
@@ -87,13 +88,20 @@ class MLPAdapter(nn.Module):
         self.mlp[-1], self.num_tokens = grown, num_tokens
 
 
+def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(chunks, tokens, d) states, (chunks, tokens) mask -> (chunks, d) mean over the unpadded tokens."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
 def _nudged_copies(rows: torch.Tensor, count: int) -> torch.Tensor:
     """`count` copies of `rows` (cycled along dim 0) plus 10% noise, so new soft tokens start trained but distinct."""
     copies = rows[torch.arange(count) % len(rows)]
     return copies + torch.randn_like(copies) * rows.std() * 0.1
 
 
-def build_adapter(kind: str, encoder_dim: int, decoder_dim: int, num_tokens: int, num_heads: int, embed_scale: float) -> nn.Module:
-    if kind == "vpma":
-        return VPMA(encoder_dim, decoder_dim, num_tokens, num_heads, embed_scale)
-    return MLPAdapter(encoder_dim, decoder_dim, num_tokens, embed_scale)
+def build_adapter(config: E2LLMConfig, encoder_dim: int, decoder_dim: int, embed_scale: float) -> nn.Module:
+    """The adapter `config.adapter` names, producing `config.soft_tokens_per_chunk` tokens per chunk."""
+    if config.adapter == "vpma":
+        return VPMA(encoder_dim, decoder_dim, config.soft_tokens_per_chunk, config.adapter_heads, embed_scale)
+    return MLPAdapter(encoder_dim, decoder_dim, config.soft_tokens_per_chunk, embed_scale)

@@ -8,6 +8,7 @@ Each chunk keeps its document index and character offsets, for citations.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import DocumentError
@@ -28,6 +29,8 @@ def validate_documents(documents) -> list[str]:
     """Check that `documents` is a non-empty list of non-blank strings and return it as a list."""
     if isinstance(documents, (str, bytes)):
         documents = [documents]
+    if isinstance(documents, Mapping):
+        raise DocumentError("documents is a dict; pass a list of strings (its values: list(documents.values()))")
     documents = list(documents) if documents is not None else []
     if not documents:
         raise DocumentError("no documents given: pass at least one non-empty string")

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("files", nargs="+", metavar="FILE", help=".pdf, .txt or .md files, read whole")
     ask.add_argument("-q", "--question", required=True, help="the question to answer")
     ask.add_argument("--model", default=None, help="checkpoint directory or Hub repo id (default: the shipped checkpoint)")
-    ask.add_argument("--mode", choices=MODES, default=None, help="soft: every chunk as soft tokens; hybrid: plus the raw text of the best chunks; "
+    ask.add_argument("--mode", choices=MODES, default=None,
+                     help="soft: every chunk as soft tokens; hybrid: plus the raw text of the best chunks; "
                      "rag: only the raw text of the best chunks (no soft tokens)")
     ask.add_argument("--max-new-tokens", type=int, default=None, help="longest answer, in decoder tokens")
     return parser
@@ -49,7 +50,8 @@ def ask(args) -> None:
     for piece in answer:
         print(piece, end="", flush=True)
     print()
-    print(f"[e2llm] mode {answer.mode}, {answer.prompt_tokens} decoder tokens read, answer in {time.perf_counter() - compressed:.1f}s", file=sys.stderr)
+    seconds = time.perf_counter() - compressed
+    print(f"[e2llm] mode {answer.mode}, {answer.prompt_tokens} decoder tokens read, answer in {seconds:.1f}s", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

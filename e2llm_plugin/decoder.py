@@ -9,15 +9,18 @@ Generation runs from `inputs_embeds` with a KV cache: greedy by default, one tok
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config import LoraConfig
+from .embedded import load_base
 from .errors import E2LLMError
 
-_SLOT = "<<e2llm-context>>"
 ANSWER_INSTRUCTION = "Answer the question: {question}"
 RESTATE_INSTRUCTION = "Restate the aforementioned context."
 
@@ -35,26 +38,26 @@ class Prompt:
 
 
 class Decoder(nn.Module):
-    def __init__(self, name_or_path: str, lora_r: int = 0, lora_alpha: int = 32, lora_targets=(), lora_dropout: float = 0.0, trust_remote_code: bool = False):
+    def __init__(self, name_or_path: str, lora: LoraConfig, trust_remote_code: bool = False):
         super().__init__()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+        self.tokenizer = load_base(AutoTokenizer, name_or_path, "decoder", trust_remote_code=trust_remote_code)
+        model = load_base(AutoModelForCausalLM, name_or_path, "decoder", trust_remote_code=trust_remote_code, dtype=torch.float32)
         model.requires_grad_(False)
-        if lora_r > 0:
-            from peft import LoraConfig, get_peft_model
+        if lora.r > 0:
+            from peft import get_peft_model
 
-            model = get_peft_model(
-                model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=lora_dropout, task_type="CAUSAL_LM")
-            )
+            model = get_peft_model(model, lora.peft(task_type="CAUSAL_LM"))
         self.model = model
+        self.has_lora = lora.r > 0
         self.dim = model.config.hidden_size
         self.max_tokens = getattr(model.config, "max_position_embeddings", None) or 2048
         self.stop_ids = self._stop_ids(model)
         # The end-of-answer text the model learns to emit after a target (ChatML's <|im_end|> for SmolLM2).
         self.end_text = self.tokenizer.eos_token or ""
-        self._prefix_ids: torch.Tensor | None = None
+        # Strings the tokenizer turns into control tokens (<|im_start|>, ...): user text must never produce them.
+        self.special_strings = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
 
     def _stop_ids(self, model) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -72,40 +75,73 @@ class Decoder(nn.Module):
         return weight.detach().float().pow(2).mean().sqrt().item()
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False, split_special_tokens=True)["input_ids"])
 
     # ---- prompt ---------------------------------------------------------------------------------------------
-    def _template(self, instruction: str, raw: str | None, history: list[dict] | None = None) -> tuple[str, str]:
-        """The prompt as text around the soft-token slot. Earlier chat turns (system included) come first, as real
-        turns; the paper's prompt is the last user turn, as in training."""
-        content = f"Given the contexts: {_SLOT}"
-        if raw:
-            content += f" Relevant passages:\n{raw}\n"
-        content += f" Please follow the instruction: {instruction}"
-        text = self._render([*(history or []), {"role": "user", "content": content}])
-        prefix, suffix = text.split(_SLOT)
-        return prefix, suffix
+    def _encode_chat(self, messages: list[dict], slot_in_last: str | None = None) -> list[torch.Tensor]:
+        """Token ids of the chat rendered in the decoder's template, cut where the soft tokens go (if `slot_in_last`).
+
+        `slot_in_last` is the last message's content with `{slot}` where the soft tokens go. Everything in the messages
+        is user text: it is rendered through placeholders the text cannot contain, so no document or question can move
+        the slot, and it is tokenized so that the template's control strings (<|im_end|>, ...) inside it stay text.
+        """
+        key = uuid.uuid4().hex  # unguessable: no text can contain these placeholders
+        holder = "\ue000" + key + "{}\ue001"
+        texts = [m["content"] for m in messages]
+        rendered_messages = [{"role": m["role"], "content": holder.format(i)} for i, m in enumerate(messages)]
+        if slot_in_last is not None:
+            before, after = slot_in_last.split("{slot}")
+            texts[-1:] = [before, after]
+            last = len(messages) - 1
+            rendered_messages[-1]["content"] = holder.format(last) + holder.format("slot") + holder.format(last + 1)
+        rendered = self._render(rendered_messages)
+        parts = re.split("\ue000" + key + "(\\w+)\ue001", rendered)  # template, name, template, name, ..., template
+        pieces: list[list[tuple[str, bool]]] = [[]]  # (text, is_user) runs; a new run starts at the slot
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                pieces[-1].append((part, False))
+            elif part == "slot":
+                pieces.append([])
+            else:
+                pieces[-1].append((texts[int(part)], True))
+        return [self._ids_of(run) for run in pieces]
+
+    def _ids_of(self, run: list[tuple[str, bool]]) -> torch.Tensor:
+        if not any(special in text for text, user in run if user for special in self.special_strings):
+            ids = self._tokenize("".join(text for text, _ in run), split_special=False)  # ordinary text: one piece
+        else:  # a control string inside user text: tokenize it apart, as plain text
+            ids = [i for text, user in run for i in self._tokenize(text, split_special=user)]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def _tokenize(self, text: str, split_special: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, verbose=False, split_special_tokens=split_special)["input_ids"]
 
     def _render(self, messages: list[dict]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n".join(m["content"] for m in messages) + "\n"  # a base model without a chat template
 
-    def _ids(self, text: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long, device=self.device)
-
     def text_embeddings(self, text: str, max_tokens: int | None = None) -> torch.Tensor:
         """(tokens, d) input embeddings of raw text, its first `max_tokens` tokens if given: text in the soft slot."""
-        ids = self._ids(text)
+        ids = torch.tensor(self._tokenize(text, split_special=True), dtype=torch.long, device=self.device)
         return self.model.get_input_embeddings()(ids[:max_tokens] if max_tokens is not None else ids)
 
     def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None,
                      max_new_tokens: int = 0, history: list[dict] | None = None) -> Prompt:
-        """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given."""
-        prefix, suffix = self._template(instruction, raw, history)
+        """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given.
+
+        The paper's prompt is the last user turn, as in training; earlier chat turns (system included) come first."""
+        content = "Given the contexts: {slot}"
+        if raw:
+            content += f" Relevant passages:\n{raw}\n"
+        content += f" Please follow the instruction: {instruction}"
+        turns = [*(history or []), {"role": "user", "content": content}]
+        prefix_ids, suffix_ids = self._encode_chat(turns, slot_in_last=content)
         embed = self.model.get_input_embeddings()
-        prefix_ids, suffix_ids = self._ids(prefix), self._ids(suffix)
-        target_ids = self._ids(target + self.end_text) if target is not None else prefix_ids[:0]
+        target_ids = prefix_ids[:0]
+        if target is not None:
+            end = self._tokenize(self.end_text, split_special=False)
+            target_ids = torch.tensor(self._tokenize(target, split_special=True) + end, dtype=torch.long, device=self.device)
         parts = [embed(prefix_ids), soft.to(embed.weight.dtype), embed(suffix_ids), embed(target_ids)]
         embeds = torch.cat(parts).unsqueeze(0)
         self._check_length(embeds.shape[1], max_new_tokens)
@@ -117,7 +153,7 @@ class Decoder(nn.Module):
 
     def chat_prompt(self, messages: list[dict], max_new_tokens: int = 0) -> Prompt:
         """A plain chat prompt, no soft tokens: the decoder as an ordinary chat model."""
-        ids = self._ids(self._render(messages))
+        (ids,) = self._encode_chat(messages)
         self._check_length(len(ids), max_new_tokens)
         return Prompt(self.model.get_input_embeddings()(ids).unsqueeze(0))
 
@@ -128,7 +164,8 @@ class Decoder(nn.Module):
                 f"reads at most {self.max_tokens}; use fewer or shorter documents, larger chunks, or fewer soft tokens per chunk"
             )
 
-    def loss(self, prompt: Prompt) -> torch.Tensor:
+    def forward(self, prompt: Prompt) -> torch.Tensor:
+        """The training loss: next-token cross-entropy on the prompt's labelled (target) positions."""
         return self.model(inputs_embeds=prompt.embeds, labels=prompt.labels).loss
 
     # ---- generation -----------------------------------------------------------------------------------------
@@ -142,7 +179,8 @@ class Decoder(nn.Module):
             if token in self.stop_ids:
                 return
             yield token
-            out = self.model(input_ids=torch.tensor([[token]], device=self.device), cache=out.cache, use_cache=True, logits_to_keep=1)
+            ids = torch.tensor([[token]], device=self.device)
+            out = self.model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
 
     def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None) -> Iterator[str]:
         """Text pieces whose concatenation is the answer; ends early at the first `stop` string (not included)."""

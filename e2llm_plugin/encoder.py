@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import torch
 from torch import nn
 
+from .adapter import mean_pool
+from .config import LoraConfig
+from .embedded import load_base
+
 
 class ChunkEncoder(nn.Module):
-    def __init__(self, name_or_path: str, lora_r: int = 0, lora_alpha: int = 16, lora_targets=(), lora_dropout: float = 0.0, trust_remote_code: bool = False):
+    def __init__(self, name_or_path: str, lora: LoraConfig, trust_remote_code: bool = False):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_base(AutoTokenizer, name_or_path, "encoder", trust_remote_code=trust_remote_code)
+        model = load_base(AutoModel, name_or_path, "encoder", trust_remote_code=trust_remote_code)
         model.requires_grad_(False)
-        if lora_r > 0:
-            from peft import LoraConfig, get_peft_model
+        if lora.r > 0:
+            from peft import get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=lora_dropout))
+            model = get_peft_model(model, lora.peft())
         self.model = model
-        self.has_lora = lora_r > 0
+        self.has_lora = lora.r > 0
         self.dim = model.config.hidden_size
         self.max_tokens = min(getattr(model.config, "max_position_embeddings", 512), self.tokenizer.model_max_length)
         # Retrieval switches the LoRA off for a moment; that must not race with another thread's forward pass.
@@ -43,18 +48,12 @@ class ChunkEncoder(nn.Module):
         return states, batch["attention_mask"]
 
     @torch.inference_mode()
-    def embed_for_retrieval(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Unit-length mean-pooled sentence embeddings from the *base* encoder (LoRA off), for ranking chunks."""
         out = []
         for i in range(0, len(texts), batch_size):
             batch = self.tokenize(texts[i : i + batch_size])
-            with self._lock:
-                if self.has_lora:
-                    with self.model.disable_adapter():
-                        states = self.model(**batch).last_hidden_state
-                else:
-                    states = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(nn.functional.normalize(pooled, dim=-1))
+            with self._lock, (self.model.disable_adapter() if self.has_lora else contextlib.nullcontext()):
+                states = self.model(**batch).last_hidden_state
+            out.append(nn.functional.normalize(mean_pool(states, batch["attention_mask"]), dim=-1))
         return torch.cat(out)

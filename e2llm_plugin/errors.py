@@ -15,3 +15,7 @@ class DocumentError(E2LLMError):
 
 class MissingModelError(E2LLMError):
     """An embedded default model package is not installed; the message says how to install it."""
+
+
+class ConfigError(E2LLMError):
+    """A configuration value has the wrong type or is out of range; the message names the field."""

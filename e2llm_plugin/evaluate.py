@@ -1,7 +1,7 @@
 """``python -m e2llm_plugin.evaluate``: E2LLM against closed book, truncation, full context and RAG, on the same questions.
 
-Writes ``OUT/results.json`` (every prediction and timing), ``OUT/results.md`` (one table per data file, the targets of
-issue 4 met or not, reconstruction fidelity, the compression sweep) and ``OUT/compression.png``; prints the Markdown.
+Writes ``OUT/results.json`` (every prediction and timing), ``OUT/results.md`` (one table per data file, reconstruction
+fidelity, the compression sweep) and ``OUT/compression.png``; prints the Markdown.
 See `e2llm_plugin.evaluation.methods` for what each method reads and how its costs are counted.
 
 Example (CPU, about the size of the documented run)::
@@ -26,10 +26,7 @@ from tqdm.auto import tqdm
 
 from .errors import E2LLMError
 from .evaluation import report
-from .evaluation.methods import (DESCRIPTIONS, METHODS, Evaluator, chunking, load_examples, load_texts, reconstruction,
-                                 soft_f1_and_ratio)
-
-HELD_OUT_FIELD = "Independence"  # e2llm_plugin.data_builders.factbook.HELD_OUT_FIELD, without importing the builders
+from .evaluation.methods import DESCRIPTIONS, METHODS, Evaluator, load_examples, load_texts, reconstruction, soft_f1_and_ratio
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,9 +118,7 @@ def run(argv: list[str] | None = None) -> dict:
             rows.append({"question": example.question, "answer": example.answer, **example.meta, "context": stats,
                          "wall_s": round(time.perf_counter() - began, 3),  # all methods, shared stages once
                          "methods": {m: _outcome_dict(o) for m, o in outcomes.items()}})
-        held_out = all(e.meta.get("field") == HELD_OUT_FIELD for e in examples)
-        results["files"][name] = {"path": str(path), "held_out_field": held_out,
-                                  "wall_s_per_question": sum(r["wall_s"] for r in rows) / len(rows),
+        results["files"][name] = {"path": str(path), "wall_s_per_question": sum(r["wall_s"] for r in rows) / len(rows),
                                   "summary": {m: report.aggregate([r["methods"][m] for r in rows]) for m in methods},
                                   "examples": rows}
         _write(out, results)
@@ -137,7 +132,6 @@ def run(argv: list[str] | None = None) -> dict:
 
     if sweep_sizes or args.sweep_models or "soft" in methods:
         results["sweep"] = _sweep(args, model, first_examples, sweep_sizes, texts, results, "soft" in methods)
-    results["targets"] = report.targets(results["files"])
     _write(out, results)
     report.plot(results, out / "compression.png")
     text = report.markdown(results)
@@ -164,16 +158,15 @@ def _sweep(args, model, first, sizes, texts, results, have_soft) -> list[dict]:
                      "compression_ratio": sum(r["context"]["compression_ratio"] for r in rows) / len(rows)}
             recon = (results.get("reconstruction") or {}).get("f1")
         else:
-            row = soft_f1_and_ratio(m, examples, args.max_new_tokens)
-            recon = (reconstruction(m, texts, args.reconstruction_windows, args.reconstruction_chunks, args.seed or 0)["f1"]
-                     if texts else None)
+            row = soft_f1_and_ratio(m, examples, args.max_new_tokens, chunk_tokens)
+            recon = (reconstruction(m, texts, args.reconstruction_windows, args.reconstruction_chunks, args.seed or 0,
+                                    chunk_tokens)["f1"] if texts else None)
         row.update(model=label, chunk_tokens=chunk_tokens, k=m.config.soft_tokens_per_chunk, reconstruction_f1=recon)
         points.append(row)
 
     label = Path(str(args.model)).name if args.model else "shipped"
     for size in sorted(set(sizes) | {native}):
-        with chunking(model, size):
-            point(label, model, size, reuse=size == native)
+        point(label, model, size, reuse=size == native)
     for number, path in enumerate(args.sweep_models, start=2):
         other = _load(path, args.device)
         other_label = Path(path).name

@@ -10,25 +10,70 @@ the resumable saves (`--resume`). Runs unchanged under ``torchrun`` and ``accele
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import os
 import shlex
 import shutil
 import sys
-from dataclasses import asdict, fields
+import typing
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 
-from .config import ADAPTERS, MODES, E2LLMConfig
+from .config import ARCHITECTURE, MODES, E2LLMConfig
 from .errors import E2LLMError
 from .training.data import DataError, JsonlDataset
 from .training.trainer import Trainer, TrainingArgs
 
-# Config fields settable from the command line. The first group changes the architecture, so it cannot be
-# changed when continuing from a trained model (--from); except k, which grows from the trained adapter.
-ARCH_FLAGS = {"encoder": str, "decoder": str, "chunk_tokens": int, "chunk_overlap": int, "adapter": str,
-              "soft_tokens_per_chunk": int, "encoder_lora_r": int, "decoder_lora_r": int}
-READ_FLAGS = {"hybrid_raw_tokens": int}
 RUN_FILE = "run.json"
+# What a run writes into --output; --overwrite removes these and nothing else.
+RUN_FILES = (RUN_FILE, "train_log.jsonl", "checkpoints", "config.json", "model.safetensors", "README.md")
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """A config field settable from the command line, derived from the field's metadata."""
+
+    name: str  # flat name: "chunk_tokens", or "encoder_lora_r" for a field of a sub-config
+    path: tuple[str, ...]  # where it lives: ("chunk_tokens",) or ("encoder_lora", "r")
+    kind: type
+    choices: tuple | None
+    help: str
+    group: str  # "architecture" (fixed once trained, but k can grow) or "reading"
+
+
+def config_flags() -> list[ConfigFlag]:
+    """Every config field marked with a `flag` group, sub-config fields included, in declaration order."""
+    def walk(cls, prefix: tuple[str, ...]) -> list[ConfigFlag]:
+        hints, out = typing.get_type_hints(cls), []
+        for f in fields(cls):
+            hint, group = hints[f.name], f.metadata.get("flag")
+            if group is None:
+                continue
+            if is_dataclass(hint):
+                out += walk(hint, (*prefix, f.name))
+                continue
+            choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+            out.append(ConfigFlag("_".join((*prefix, f.name)), (*prefix, f.name), str if choices else hint, choices,
+                                  f.metadata["help"], group))
+        return out
+
+    return walk(E2LLMConfig, ())
+
+
+def config_with(config: E2LLMConfig, values: dict) -> E2LLMConfig:
+    """`config` with flat flag values (`{"chunk_tokens": 50, "encoder_lora_r": 4}`) set, validated."""
+    by_name = {flag.name: flag for flag in config_flags()}
+    config = copy.deepcopy(config)
+    for name, value in values.items():
+        *parents, leaf = by_name[name].path
+        owner = config
+        for part in parents:
+            owner = getattr(owner, part)
+        setattr(owner, leaf, value)
+    config.validate()
+    for sub in (config.encoder_lora, config.decoder_lora):
+        sub.__post_init__()
+    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop = p.add_argument_group("loop")
     loop.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     loop.add_argument("--epochs", type=float, default=1.0)
-    loop.add_argument("--time-budget", type=float, dest="time_budget_min", metavar="MINUTES", help="stop cleanly and save after this long")
+    loop.add_argument("--time-budget", type=float, dest="time_budget_min", metavar="MINUTES",
+                      help="stop cleanly and save after this long")
     loop.add_argument("--lr", type=float, default=3e-4)
     loop.add_argument("--weight-decay", type=float, default=0.0)
     loop.add_argument("--warmup-steps", type=int, default=20)
@@ -57,23 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--eval-every", type=int, default=100)
     loop.add_argument("--eval-examples", type=int, default=64)
     loop.add_argument("--keep-checkpoints", type=int, default=2)
-    loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPUs that have it, else fp32")
+    loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                      help="auto: bf16 on GPUs that have it, else fp32")
 
     tasks = p.add_argument_group("tasks")
-    tasks.add_argument("--mode", choices=MODES, default="soft", help="how reasoning examples are read; rag: raw text of the best chunks only, "
+    tasks.add_argument("--mode", choices=MODES, default="soft",
+                       help="how reasoning examples are read; rag: raw text of the best chunks only, "
                        "no soft tokens (trains a text-RAG baseline decoder on the QA lines; understanding tasks are skipped)")
-    tasks.add_argument("--understanding-ratio", type=float, default=0.5, help="chance a QA line also yields a restate-the-chunks task")
+    tasks.add_argument("--understanding-ratio", type=float, default=0.5,
+                       help="chance a QA line also yields a restate-the-chunks task")
     tasks.add_argument("--understanding-weight", type=float, default=1.0)
     tasks.add_argument("--reasoning-weight", type=float, default=1.0)
     tasks.add_argument("--window-chunks", type=int, default=2, help="chunks per understanding window")
     tasks.add_argument("--max-chunks", type=int, default=96, help="tasks with more chunks are skipped (and counted)")
 
-    model = p.add_argument_group("model (new runs)")
-    for name, kind in {**ARCH_FLAGS, **READ_FLAGS}.items():
-        extra = {"choices": ADAPTERS} if name == "adapter" else {}
-        if name == "soft_tokens_per_chunk":
-            extra["help"] = "k; with --from, a larger k grows from the trained adapter (its k tokens kept, new ones warm-started)"
-        model.add_argument("--" + name.replace("_", "-"), type=kind, default=None, **extra)
+    model = p.add_argument_group("model (new runs; with --from, only reading settings and a larger k)")
+    for flag in config_flags():
+        text = flag.help
+        if flag.name == "soft_tokens_per_chunk":
+            text += "; with --from, a larger k grows from the trained adapter (its k tokens kept, new ones warm-started)"
+        model.add_argument("--" + flag.name.replace("_", "-"), type=flag.kind, choices=flag.choices, default=None, help=text)
     return p
 
 
@@ -99,15 +148,30 @@ def _check_output(output: Path, signature: dict, resume: bool, overwrite: bool) 
         if previous != signature:
             changed = sorted(k for k in set(previous) | set(signature) if previous.get(k) != signature.get(k))
             raise DataError(f"--resume: {output} holds a run with different settings ({', '.join(changed)})")
-    elif output.exists() and any(output.iterdir()) and not overwrite:
-        raise DataError(f"{output} already holds files; pass --resume to continue that run or --overwrite to replace it")
+    elif output.exists() and not output.is_dir():
+        raise DataError(f"--output {output} is a file; name a directory for the run")
+    elif output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise DataError(f"{output} already holds files; pass --resume to continue that run or --overwrite to replace it")
+        resolved, cwd, home = output.resolve(), Path.cwd().resolve(), Path.home().resolve()
+        if resolved in (cwd, home, Path(resolved.anchor)) or resolved in cwd.parents:
+            raise DataError(f"--overwrite refuses {output}: it is the working, home or root directory, or holds it; "
+                            "give the run a directory of its own")
+        if not run_file.exists():
+            raise DataError(f"--overwrite refuses {output}: it holds files but no {RUN_FILE}, so it is not a finetune run; "
+                            "give the run a new directory")
 
 
 def _start_output(output: Path, signature: dict, resume: bool) -> None:
     if resume:
         return
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
+    for name in RUN_FILES:  # an --overwrite'd run's files only: _check_output refused anything else
+        path = output / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    output.mkdir(parents=True, exist_ok=True)
     (output / RUN_FILE).write_text(json.dumps(signature, indent=1))
 
 
@@ -117,7 +181,8 @@ def _build_model(args: TrainingArgs, overrides: dict):
     if args.init_from:
         overrides = dict(overrides)
         k = overrides.pop("soft_tokens_per_chunk", None)
-        arch = sorted(name for name in overrides if name in ARCH_FLAGS)
+        architecture = {flag.name for flag in config_flags() if flag.group == ARCHITECTURE}
+        arch = sorted(name for name in overrides if name in architecture)
         if arch:
             raise DataError(f"--from {args.init_from}: cannot change {arch} of a trained model")
         model = E2LLM.from_pretrained(args.init_from, **overrides)
@@ -127,27 +192,18 @@ def _build_model(args: TrainingArgs, overrides: dict):
             except E2LLMError as err:
                 raise DataError(f"--soft-tokens-per-chunk {k} with --from {args.init_from}: {err}") from None
     else:
-        model = E2LLM(E2LLMConfig(**overrides))
+        model = E2LLM(config_with(E2LLMConfig(), overrides))
     if args.mode == "rag":  # it reads as it was trained: from_pretrained() of this run answers by text RAG
         model.config.mode = "rag"
     return model
-
-
-def _publish(model, output: Path, card: dict) -> None:
-    """Make `output` itself a loadable checkpoint, beside its logs and resumable saves."""
-    staging = output / ".final"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, model_card_kwargs=card)
-    for name in ("model.safetensors", "README.md", "config.json"):  # config last: it marks the checkpoint complete
-        os.replace(staging / name, output / name)
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _training_card(args: TrainingArgs, summary: dict, model, argv: list[str]) -> str:
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if "loss" in k)
     return (
         f"Trained with `python -m e2llm_plugin.finetune {shlex.join(argv)}`.\n\n"
-        f"- base encoder: `{model.config.encoder}`, base decoder: `{model.config.decoder}` (frozen; LoRA on both, adapter trained)\n"
+        f"- base encoder: `{model.config.encoder}`, base decoder: `{model.config.decoder}` "
+        "(frozen; LoRA on both, adapter trained)\n"
         f"- data: `{Path(args.data).name}`" + (f", eval: `{Path(args.eval_data).name}`" if args.eval_data else "") + "\n"
         f"- steps: {summary['steps']}" + (" (stopped by --time-budget)" if summary["stopped_early"] else "") + "\n"
         f"- final losses: {losses or 'n/a'}\n"
@@ -159,8 +215,9 @@ def run(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(argv)
     _check_args(a)
-    overrides = {k: getattr(a, k) for k in {**ARCH_FLAGS, **READ_FLAGS} if getattr(a, k) is not None}
-    args = TrainingArgs(**{f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}, config_overrides=overrides)
+    overrides = {flag.name: getattr(a, flag.name) for flag in config_flags() if getattr(a, flag.name) is not None}
+    given = {f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}
+    args = TrainingArgs(**given, config_overrides=overrides)
     # Every data problem surfaces here, before any model is loaded.
     qa_only = args.mode == "rag"
     JsonlDataset(args.data, qa_only)
@@ -175,7 +232,8 @@ def run(argv: list[str] | None = None) -> dict:
     # cpu=True is what makes Accelerate start a gloo process group under torchrun on a machine without GPUs.
     acc = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
     output = Path(args.output)
-    signature = {k: v for k, v in asdict(args).items() if k not in ("time_budget_min", "push_to_hub", "eval_every", "save_every", "keep_checkpoints")}
+    unsigned = ("time_budget_min", "push_to_hub", "eval_every", "save_every", "keep_checkpoints")  # may change on --resume
+    signature = {k: v for k, v in asdict(args).items() if k not in unsigned}
     _check_output(output, signature, a.resume, a.overwrite)
     set_seed(args.seed)
     model = _build_model(args, overrides).to(acc.device)  # before --output is touched: a refused --from leaves it as it was
@@ -189,7 +247,7 @@ def run(argv: list[str] | None = None) -> dict:
     summary = trainer.train()
     if acc.is_main_process:
         card = {"training": _training_card(args, summary, model, argv)}
-        _publish(model, output, card)
+        model.save_pretrained(output, model_card_kwargs=card)  # the run directory itself becomes a loadable checkpoint
         if args.push_to_hub:
             model.push_to_hub(args.push_to_hub, model_card_kwargs=card)
     acc.wait_for_everyone()

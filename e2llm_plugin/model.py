@@ -5,14 +5,14 @@ Read top to bottom: building the parts, compressing documents, reading a questio
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import itertools
 import json
+import logging
 import os
-import shutil
-import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +21,17 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import embedded
 from .adapter import build_adapter
-from .chunking import Chunker, validate_documents
-from .config import MODES, E2LLMConfig
+from .chunking import Chunk, Chunker, validate_documents
+from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, E2LLMConfig, Mode, check_mode
 from .context import CompressedContext, count_cl100k
-from .decoder import ANSWER_INSTRUCTION, Decoder, Prompt
+from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, Prompt
 from .encoder import ChunkEncoder
-from .errors import CheckpointError, E2LLMError
+from .errors import CheckpointError, ConfigError, E2LLMError
+from .files import recover, write_directory
+from .tasks import Task
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -69,8 +72,8 @@ print(model.generate("What is this about?", documents=[open("long.txt").read()])
 class Answer:
     """One answer being generated. Iterate it for text pieces; the fields describe what the decoder read."""
 
-    context: CompressedContext | None  # None for a plain chat turn (`E2LLM.chat` without documents)
-    mode: str  # "soft", "hybrid", "rag" or "chat"
+    context: CompressedContext | None  # None for a chat turn or raw text (`E2LLM.chat`, `E2LLM.answer_text`)
+    mode: str  # "soft", "hybrid", "rag", "chat" or "text"
     prompt_tokens: int  # decoder positions read before the answer (soft + text)
     passages: list[tuple[int, float]] = field(default_factory=list)  # (chunk index, similarity) read as raw text
     completion_tokens: int = 0
@@ -93,40 +96,55 @@ class E2LLM(
     tags=["e2llm", "long-context", "soft-prompt", "rag-alternative"],
     model_card_template=MODEL_CARD,
 ):
-    """An encoder-elongated LLM: reads whole long documents as one soft token (or k) per chunk."""
+    """An encoder-elongated LLM: reads whole long documents as one soft token (or k) per chunk.
 
-    def __init__(self, config: E2LLMConfig | None = None):
+    Everything its users need goes through the verbs below (compress, answer, chat, restate, embed, the training
+    loss, ...): nothing outside this class reaches into its encoder, adapter, decoder or chunker.
+    """
+
+    def __init__(self, config: E2LLMConfig | None = None, *, trust_remote_code: bool = False):
         super().__init__()
-        config = dataclasses.replace(config) if config is not None else E2LLMConfig()
+        config = copy.deepcopy(config) if config is not None else E2LLMConfig()
+        config.validate()  # again: a config's fields can be set after it was built
         self.config = config
-        self.encoder = ChunkEncoder(
-            embedded.resolve(config.encoder), config.encoder_lora_r, config.encoder_lora_alpha,
-            config.encoder_lora_targets, config.lora_dropout, config.trust_remote_code,
-        )
-        self.decoder = Decoder(
-            embedded.resolve(config.decoder), config.decoder_lora_r, config.decoder_lora_alpha,
-            config.decoder_lora_targets, config.lora_dropout, config.trust_remote_code,
-        )
-        for name, expected, actual in (("encoder", config.encoder_dim, self.encoder.dim), ("decoder", config.decoder_dim, self.decoder.dim)):
+        self.encoder = ChunkEncoder(config.encoder, config.encoder_lora, trust_remote_code)
+        self.decoder = Decoder(config.decoder, config.decoder_lora, trust_remote_code)
+        widths = (("encoder", config.encoder_dim, self.encoder.dim), ("decoder", config.decoder_dim, self.decoder.dim))
+        for name, expected, actual in widths:
             if expected is not None and expected != actual:
                 raise CheckpointError(
                     f"the adapter was trained for a {name} of width {expected}, but {getattr(config, name)!r} has width "
                     f"{actual}; point config.{name} at the model the checkpoint was trained with"
                 )
         config.encoder_dim, config.decoder_dim = self.encoder.dim, self.decoder.dim
-        if config.chunk_tokens + 2 > self.encoder.max_tokens:
-            raise E2LLMError(f"chunk_tokens={config.chunk_tokens} does not fit the encoder's {self.encoder.max_tokens} positions")
-        self.adapter = build_adapter(
-            config.adapter, self.encoder.dim, self.decoder.dim, config.soft_tokens_per_chunk, config.adapter_heads, self.decoder.embed_scale()
-        )
-        self.chunker = Chunker(self.encoder.tokenizer, config.chunk_tokens, config.chunk_overlap)
+        self.adapter = build_adapter(config, self.encoder.dim, self.decoder.dim, self.decoder.embed_scale())
+        self.chunker = self._chunker(config.chunk_tokens)
         self.eval()
 
     @property
     def device(self) -> torch.device:
         return self.decoder.device
 
+    @property
+    def context_window(self) -> int:
+        """Positions the decoder reads at most: soft tokens, prompt, raw passages and answer together."""
+        return self.decoder.max_tokens
+
+    def count_tokens(self, text: str) -> int:
+        """Decoder tokens of `text` (what it would cost read raw)."""
+        return self.decoder.count_tokens(text)
+
     # ---- compression ----------------------------------------------------------------------------------------
+    def _chunker(self, chunk_tokens: int) -> Chunker:
+        if not 8 <= chunk_tokens <= self.encoder.max_tokens - 2:
+            raise ConfigError(f"chunk_tokens={chunk_tokens} must be in [8, {self.encoder.max_tokens - 2}] for this encoder")
+        return Chunker(self.encoder.tokenizer, chunk_tokens, min(self.config.chunk_overlap, chunk_tokens // 2 - 1))
+
+    def chunk(self, documents, chunk_tokens: int | None = None) -> list[Chunk]:
+        """Documents -> chunks of at most `chunk_tokens` encoder tokens (default: the model's), in document order."""
+        chunker = self.chunker if chunk_tokens in (None, self.config.chunk_tokens) else self._chunker(chunk_tokens)
+        return chunker.split(documents)
+
     def soft_tokens(self, texts: list[str]) -> torch.Tensor:
         """Chunk texts -> (chunks, k, decoder_dim). Differentiable: training calls it too."""
         states, mask = self.encoder(texts)
@@ -135,20 +153,24 @@ class E2LLM(
     def grow_soft_tokens(self, k: int) -> None:
         """Read each chunk as k soft tokens instead of fewer, keeping what the adapter learned (fine-tune after)."""
         if k < self.config.soft_tokens_per_chunk:
-            raise E2LLMError(f"soft tokens per chunk can only grow: this model has {self.config.soft_tokens_per_chunk}, asked for {k}")
+            have = self.config.soft_tokens_per_chunk
+            raise E2LLMError(f"soft tokens per chunk can only grow: this model has {have}, asked for {k}")
         self.adapter.grow(k)
         self.config.soft_tokens_per_chunk = k
 
     @torch.inference_mode()
-    def compress(self, documents, show_progress: bool | None = None) -> CompressedContext:
-        """Chunk and encode documents once; the result answers any number of questions."""
-        return CompressedContext.concat(self.compress_each(documents, show_progress))
+    def compress(self, documents, show_progress: bool | None = None, *, chunk_tokens: int | None = None) -> CompressedContext:
+        """Chunk and encode documents once; the result answers any number of questions.
+
+        `chunk_tokens` reads with another chunk size than the trained one (the adapter pools any number of tokens)."""
+        return CompressedContext.concat(self.compress_each(documents, show_progress, chunk_tokens=chunk_tokens))
 
     @torch.inference_mode()
-    def compress_each(self, documents, show_progress: bool | None = None) -> list[CompressedContext]:
+    def compress_each(self, documents, show_progress: bool | None = None, *,
+                      chunk_tokens: int | None = None) -> list[CompressedContext]:
         """One context per document, encoded in shared batches (for callers that cache per document)."""
         documents = validate_documents(documents)
-        chunks = self.chunker.split(documents)
+        chunks = self.chunk(documents, chunk_tokens)
         texts = [c.text for c in chunks]
         size = self.config.encoder_batch_size
         soft = []
@@ -159,33 +181,34 @@ class E2LLM(
                 bar.update(len(texts[i : i + size]))
         soft = torch.cat(soft)
         contexts, start = [], 0
-        for document, (_, group) in zip(documents, itertools.groupby(chunks, key=lambda c: c.doc_index)):
+        for document, (_, group) in zip(documents, itertools.groupby(chunks, key=lambda c: c.doc_index), strict=True):
             mine = [dataclasses.replace(c, doc_index=0) for c in group]  # chunks come out in document order
             contexts.append(CompressedContext(
                 chunks=mine,
                 soft_tokens=soft[start : start + len(mine)],
                 num_documents=1,
-                num_source_tokens=self.decoder.count_tokens(document),
+                num_source_tokens=self.count_tokens(document),
                 num_source_tokens_cl100k=count_cl100k([document]),
             ))
             start += len(mine)
         return contexts
 
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Unit-length sentence embeddings by the base encoder (LoRA off): how chunks are ranked for a question."""
+        return self.encoder.embed(list(texts))
+
     # ---- reading ---------------------------------------------------------------------------------------------
     def rank_chunks(self, question: str, context: CompressedContext) -> list[tuple[int, float]]:
         """(chunk index, cosine similarity) for every chunk, most similar first, by the base encoder."""
-        with context._lock:
-            if context.retrieval_embeddings is None:
-                context.retrieval_embeddings = self.encoder.embed_for_retrieval([c.text for c in context.chunks])
-        query = self.encoder.embed_for_retrieval([question])[0]
-        scores = (context.retrieval_embeddings @ query).tolist()
+        chunks = context.ensure_retrieval_embeddings(self.embed)
+        scores = (chunks @ self.embed([question])[0]).tolist()
         return sorted(enumerate(scores), key=lambda item: -item[1])
 
     def select_passages(self, question: str, context: CompressedContext, budget: int) -> list[tuple[int, float]]:
         """The most similar chunks whose raw text fits `budget` decoder tokens, in document order."""
         chosen, used = [], 0
         for index, score in self.rank_chunks(question, context):
-            cost = self.decoder.count_tokens(context.chunks[index].text)
+            cost = self.count_tokens(context.chunks[index].text)
             if used + cost <= budget:
                 chosen.append((index, score))
                 used += cost
@@ -215,45 +238,68 @@ class E2LLM(
         """Decoder positions "rag" mode fills with raw text: as many as hybrid reads (soft tokens + raw budget)."""
         return context.num_chunks * self.config.soft_tokens_per_chunk + self.config.hybrid_raw_tokens
 
-    def prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None,
-               history: list[dict] | None = None, rag_budget: int | None = None) -> tuple[Prompt, list]:
+    def _prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None,
+                history: list[dict] | None = None, raw_tokens: int | None = None) -> tuple[Prompt, list]:
         """The decoder's prompt for a question over a context, and the raw passages it includes (hybrid, rag)."""
         instruction = ANSWER_INSTRUCTION.format(question=question)
         if mode == "rag":  # raw text of the best chunks in the context slot, where soft tokens would go
-            budget = self.rag_budget(context) if rag_budget is None else rag_budget
+            budget = self.rag_budget(context) if raw_tokens is None else raw_tokens
             # Only what fits beside the prompt and the answer: rag reads a few passages of any long context.
             frame = self.decoder.build_prompt(self.decoder.text_embeddings(""), instruction, history=history).num_tokens
             budget = min(budget, self.decoder.max_tokens - frame - max_new_tokens)
             passages = self.select_passages(question, context, budget)
             text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
             slot = self.decoder.text_embeddings(text, max_tokens=budget)
-            return self.decoder.build_prompt(slot, instruction, target=target, max_new_tokens=max_new_tokens, history=history), passages
+            prompt = self.decoder.build_prompt(slot, instruction, target=target, max_new_tokens=max_new_tokens, history=history)
+            return prompt, passages
+        if context.soft_tokens is None:
+            raise E2LLMError(f"mode {mode!r} reads soft tokens, but this context holds raw text only; use mode='rag'")
         passages = []
         raw = None
-        if mode == "hybrid" and self.config.hybrid_raw_tokens > 0:
-            passages = self.select_passages(question, context, self.config.hybrid_raw_tokens)
+        budget = self.config.hybrid_raw_tokens if raw_tokens is None else raw_tokens
+        if mode == "hybrid" and budget > 0:
+            passages = self.select_passages(question, context, budget)
             raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
         soft = context.soft_tokens.reshape(-1, context.soft_tokens.shape[-1])
         prompt = self.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens, history=history)
         return prompt, passages
 
-    def answer(self, question: str, documents=None, context: CompressedContext | None = None, mode: str | None = None,
-               max_new_tokens: int | None = None, stop: list[str] | None = None, history: list[dict] | None = None) -> Answer:
+    def answer(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
+               max_new_tokens: int | None = None, stop: list[str] | None = None, history: list[dict] | None = None,
+               raw_tokens: int | None = None) -> Answer:
         """Prepare an answer: validates everything up front, then iterate the result for text pieces.
 
         `history`: earlier chat turns (``{"role", "content"}`` dicts, a system message included) placed before the
-        question's turn, which holds the compressed context."""
+        question's turn, which holds the compressed context. `raw_tokens`: decoder tokens of raw passages to read in
+        hybrid and rag modes, instead of the config's budget."""
         question = self.check_question(question)
-        mode = mode or self.config.mode
-        if mode not in MODES:
-            raise E2LLMError(f"unknown mode {mode!r}; choose one of {MODES}")
+        mode = check_mode(mode) or self.config.mode
+        if raw_tokens is not None and (not _is_int(raw_tokens) or raw_tokens < 0):
+            raise E2LLMError(f"raw_tokens must be a non-negative integer, got {raw_tokens!r}")
         max_new_tokens = self._check_max_new_tokens(max_new_tokens)
+        stop = _check_stop(stop)
         context = self._context(documents, context)
+        history = _check_messages(history or [], final_user=False)
         with torch.inference_mode():
-            prompt, passages = self.prompt(question, context, mode, max_new_tokens, history=_check_messages(history or [], final_user=False))
-        return self._start(Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages), prompt, max_new_tokens, stop)
+            prompt, passages = self._prompt(question, context, mode, max_new_tokens, history=history, raw_tokens=raw_tokens)
+        result = Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages)
+        return self._start(result, prompt, max_new_tokens, stop)
 
-    def chat(self, messages: list[dict], documents=None, context: CompressedContext | None = None, mode: str | None = None,
+    def answer_text(self, question: str, text: str, max_text_tokens: int | None = None, max_new_tokens: int | None = None,
+                    stop: list[str] | None = None) -> Answer:
+        """Answer from raw text placed where the soft tokens go (its first `max_text_tokens` decoder tokens, if given):
+        the paper's prompt read as plain text, as the text baselines of an evaluation read it."""
+        question = self.check_question(question)
+        if not isinstance(text, str):
+            raise E2LLMError(f"text must be a string, got {type(text).__name__}")
+        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
+        with torch.inference_mode():
+            slot = self.decoder.text_embeddings(text, max_text_tokens)
+            prompt = self.decoder.build_prompt(slot, ANSWER_INSTRUCTION.format(question=question), max_new_tokens=max_new_tokens)
+        result = Answer(context=None, mode="text", prompt_tokens=prompt.num_tokens)
+        return self._start(result, prompt, max_new_tokens, _check_stop(stop))
+
+    def chat(self, messages: list[dict], documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
              max_new_tokens: int | None = None, stop: list[str] | None = None) -> Answer:
         """A chat turn. With documents or a context, the last user message is the question over them and earlier
         turns stay real turns; without, the decoder answers as a plain chat model (nothing is compressed)."""
@@ -261,34 +307,71 @@ class E2LLM(
         if documents is not None or context is not None:
             return self.answer(messages[-1]["content"], documents, context, mode, max_new_tokens, stop, history=messages[:-1])
         max_new_tokens = self._check_max_new_tokens(max_new_tokens)
+        stop = _check_stop(stop)
         with torch.inference_mode():
             prompt = self.decoder.chat_prompt(messages, max_new_tokens)
         return self._start(Answer(context=None, mode="chat", prompt_tokens=prompt.num_tokens), prompt, max_new_tokens, stop)
 
     def _check_max_new_tokens(self, max_new_tokens) -> int:
         max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        if not _is_int(max_new_tokens) or max_new_tokens <= 0:
             raise E2LLMError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         return max_new_tokens
 
-    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str] | None) -> Answer:
+    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str]) -> Answer:
         result._pieces = self._counted(result, self.decoder.stream_text(prompt, max_new_tokens, stop))
         return result
 
     def _counted(self, result: Answer, pieces: Iterator[str]) -> Iterator[str]:
         yield from pieces
-        result.completion_tokens = self.decoder.count_tokens(result.text)
+        result.completion_tokens = self.count_tokens(result.text)
 
-    def generate(self, question: str, documents=None, context: CompressedContext | None = None, mode: str | None = None,
+    def generate(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
                  max_new_tokens: int | None = None, stop: list[str] | None = None) -> str:
         """Answer `question` from whole documents (or a context from `compress`). Greedy, so deterministic."""
         result = self.answer(question, documents, context, mode, max_new_tokens, stop)
         return "".join(result)
 
-    def stream(self, question: str, documents=None, context: CompressedContext | None = None, mode: str | None = None,
+    def stream(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
                max_new_tokens: int | None = None, stop: list[str] | None = None) -> Iterator[str]:
         """Like `generate`, yielding text pieces as they are decoded; they join to `generate`'s answer."""
         return iter(self.answer(question, documents, context, mode, max_new_tokens, stop))
+
+    @torch.inference_mode()
+    def restate(self, chunks: list[Chunk], max_new_tokens: int | None = None) -> str:
+        """The understanding task: the decoder restates these chunks from their soft tokens alone."""
+        soft = self.soft_tokens([c.text for c in chunks])
+        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
+        prompt = self.decoder.build_prompt(soft.flatten(0, 1), RESTATE_INSTRUCTION, max_new_tokens=max_new_tokens)
+        return "".join(self.decoder.stream_text(prompt, max_new_tokens))
+
+    @contextlib.contextmanager
+    def base_decoder(self) -> Iterator[E2LLM]:
+        """Within the block, the decoder reads without its LoRA (the base model, as a baseline). Not thread-safe:
+        other threads answering with this model meanwhile read without the LoRA too."""
+        with self.decoder.model.disable_adapter() if self.decoder.has_lora else contextlib.nullcontext():
+            yield self
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def forward(self, task: Task, mode: Mode | None = None) -> torch.Tensor:
+        """The training loss of one task: restate its chunks, or answer its question reading them in `mode`."""
+        if task.kind == "understanding":
+            soft = self.soft_tokens([c.text for c in task.chunks])
+            prompt = self.decoder.build_prompt(soft.flatten(0, 1), RESTATE_INSTRUCTION, target=task.target)
+        else:
+            mode = mode or self.config.mode
+            soft = None if mode == "rag" else self.soft_tokens([c.text for c in task.chunks])  # rag reads raw text only
+            context = CompressedContext(task.chunks, soft, num_documents=1, num_source_tokens=0)
+            prompt, _ = self._prompt(task.question, context, mode, target=task.target)
+        return self.decoder(prompt)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The adapter and LoRA parameters, switched to require gradients; the base models stay frozen."""
+        trained = self.trained_state_dict().keys()
+        params = [p for name, p in self.named_parameters() if name in trained]
+        for p in params:
+            p.requires_grad_(True)
+        return params
 
     # ---- saving and loading ----------------------------------------------------------------------------------
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
@@ -301,27 +384,19 @@ class E2LLM(
 
     def save_pretrained(self, save_directory, *, config=None, model_card_kwargs: dict | None = None,
                         push_to_hub: bool = False, repo_id: str | None = None, **push_to_hub_kwargs):
-        """Write config.json, model.safetensors and a model card; atomically (a temp dir renamed into place)."""
+        """Write config.json, model.safetensors and a model card into `save_directory`, file by file, atomically
+        (see `e2llm_plugin.files`); other files in the directory are left alone."""
         from safetensors.torch import save_file
 
         target = Path(save_directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
-        try:
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
-            save_file(self.trained_state_dict(), tmp / WEIGHTS_NAME, metadata={"format": "pt", "e2llm_plugin": "1"})
+        _check_save_target(target)
+        with write_directory(target, marker=CONFIG_NAME) as staging:
+            (staging / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
+            save_file(self.trained_state_dict(), staging / WEIGHTS_NAME, metadata={"format": "pt", "e2llm_plugin": "1"})
             card = dict(encoder=self.config.encoder, decoder=self.config.decoder, chunk_tokens=self.config.chunk_tokens,
                         adapter=self.config.adapter, k=self.config.soft_tokens_per_chunk, repo_id=repo_id)
             card.update(model_card_kwargs or {})
-            self.generate_model_card(**card).save(tmp / "README.md")
-            # mkdtemp makes a private directory; a checkpoint is meant to be shared (and packaged).
-            os.chmod(tmp, 0o755)
-            for file in tmp.iterdir():
-                os.chmod(file, 0o644)
-            _replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            self.generate_model_card(**card).save(staging / "README.md")
         if push_to_hub:
             return self.push_to_hub(repo_id=repo_id or target.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
         return None
@@ -329,10 +404,12 @@ class E2LLM(
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, *, revision: str | None = None,
                         cache_dir: str | None = None, force_download: bool = False, local_files_only: bool = False,
-                        token: str | bool | None = None, **overrides) -> "E2LLM":
+                        token: str | bool | None = None, trust_remote_code: bool = False, **overrides) -> E2LLM:
         """Load a checkpoint: none -> the one shipped with the package; a local directory; or a Hub repo id.
 
         Keyword overrides replace config fields that do not change the weights (e.g. ``mode="hybrid"``).
+        `trust_remote_code` lets the base models run code from their repositories; it is only ever this argument,
+        never read from a checkpoint.
         """
         directory = resolve_checkpoint(path_or_repo_id, revision=revision, cache_dir=cache_dir,
                                        force_download=force_download, local_files_only=local_files_only, token=token)
@@ -341,7 +418,12 @@ class E2LLM(
         if unknown:
             raise E2LLMError(f"unknown config fields {unknown}")
         config = dataclasses.replace(config, **overrides)
-        model = cls(config)
+        foreign = [f"{role} {name!r}" for role, name in (("encoder", config.encoder), ("decoder", config.decoder))
+                   if name not in (EMBEDDED_ENCODER, EMBEDDED_DECODER)]
+        if foreign:
+            logger.warning("%s names the base %s; loading %s", directory, " and ".join(foreign),
+                           "with trust_remote_code=True" if trust_remote_code else "without running code from it")
+        model = cls(config, trust_remote_code=trust_remote_code)
         model.load_trained_weights(directory / WEIGHTS_NAME)
         return model
 
@@ -355,7 +437,9 @@ class E2LLM(
         try:
             loaded = load_file(path)
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); the checkpoint is corrupt or truncated") from None
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({err}); the checkpoint is corrupt or truncated"
+            ) from None
         expected = self.trained_state_dict()
         missing, unexpected = sorted(set(expected) - set(loaded)), sorted(set(loaded) - set(expected))
         if missing or unexpected:
@@ -369,7 +453,24 @@ class E2LLM(
                     f"{path}: {name} has shape {tuple(tensor.shape)} but the model built from config.json expects "
                     f"{tuple(expected[name].shape)}; the encoder/decoder named in the config are not the ones trained"
                 )
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the training that wrote it diverged")
         self.load_state_dict(loaded, strict=False)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_stop(stop) -> list[str]:
+    """Stop sequences as a list of non-empty strings; one string is one stop sequence, not a list of characters."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise E2LLMError(f"stop must be a string or a list of strings, got {stop!r:.80}")
+    return [s for s in stop if s]
 
 
 def _check_messages(messages, final_user: bool) -> list[dict]:
@@ -377,11 +478,27 @@ def _check_messages(messages, final_user: bool) -> list[dict]:
     if not isinstance(messages, (list, tuple)) or (final_user and not messages):
         raise E2LLMError("messages must be a non-empty list of {'role', 'content'} dicts")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant") or not isinstance(message.get("content"), str):
+        ok = isinstance(message, Mapping) and isinstance(message.get("content"), str)
+        if not ok or message.get("role") not in ("system", "user", "assistant"):
             raise E2LLMError(f"message {i} must be a dict with role system/user/assistant and str content, got {message!r:.80}")
     if final_user and (messages[-1]["role"] != "user" or not messages[-1]["content"].strip()):
         raise E2LLMError("the last message must be a non-empty user message: the question to answer")
-    return list(messages)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _check_save_target(target: Path) -> None:
+    """Refuse to write a checkpoint over files that are not one: saving never replaces what it did not write."""
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"{target} is a file, not a directory; save the model to a directory path")
+    clash = sorted(name for name in (CONFIG_NAME, WEIGHTS_NAME, "README.md") if (target / name).exists())
+    if clash:
+        try:
+            E2LLMConfig.from_json_file(target / CONFIG_NAME)
+        except E2LLMError:
+            raise CheckpointError(
+                f"{target} already holds {', '.join(clash)} but is not an E2LLM checkpoint; saving would replace "
+                "them: choose an empty or new directory"
+            ) from None
 
 
 def resolve_checkpoint(path_or_repo_id, **hub_kwargs) -> Path:
@@ -391,8 +508,11 @@ def resolve_checkpoint(path_or_repo_id, **hub_kwargs) -> Path:
             if (candidate / CONFIG_NAME).exists():
                 return candidate
         raise CheckpointError("the shipped checkpoint is missing from this installation; reinstall e2llm_plugin")
+    if not isinstance(path_or_repo_id, (str, os.PathLike)):
+        raise CheckpointError(f"expected a checkpoint directory or a Hub repo id, got {type(path_or_repo_id).__name__}")
     path = Path(path_or_repo_id).expanduser()
     if path.is_dir():
+        recover(path, CONFIG_NAME)  # finish a save that was interrupted while moving its files in
         if not (path / CONFIG_NAME).exists():
             raise CheckpointError(f"{path} is a directory but not an E2LLM checkpoint: config.json is missing")
         return path
@@ -402,19 +522,9 @@ def resolve_checkpoint(path_or_repo_id, **hub_kwargs) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(str(path_or_repo_id), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"], **hub_kwargs))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        files = [CONFIG_NAME, WEIGHTS_NAME, "README.md"]
+        return Path(snapshot_download(str(path_or_repo_id), allow_patterns=files, **hub_kwargs))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
         raise CheckpointError(
             f"could not fetch {path_or_repo_id!r} from the Hugging Face Hub, and it is not in the local cache ({err})"
         ) from None
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target`; an existing target is moved aside first and removed only after the swap."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}-{threading.get_ident()}")
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e2llm_plugin import E2LLM, E2LLMConfig
-from e2llm_plugin import embedded
-from e2llm_plugin.config import EMBEDDED_DECODER, EMBEDDED_ENCODER
+from e2llm_plugin import E2LLM, E2LLMConfig, embedded
+from e2llm_plugin.config import EMBEDDED_DECODER, EMBEDDED_ENCODER, LoraConfig
 
 LOREM = (
     "The Republic of Austria celebrates its National Day on 26 October. The holiday recalls the declaration of "
@@ -38,7 +37,9 @@ def tiny_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_config(tiny_dirs):
     encoder, decoder = tiny_dirs
-    return E2LLMConfig(encoder=encoder, decoder=decoder, chunk_tokens=24, encoder_lora_r=2, decoder_lora_r=2, max_new_tokens=8, hybrid_raw_tokens=48)
+    decoder_lora = LoraConfig(r=2, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
+    return E2LLMConfig(encoder=encoder, decoder=decoder, chunk_tokens=24, encoder_lora=LoraConfig(r=2), decoder_lora=decoder_lora,
+                       max_new_tokens=8, hybrid_raw_tokens=48)
 
 
 def build_tiny_model(config: E2LLMConfig, seed: int = 0) -> E2LLM:

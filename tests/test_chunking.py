@@ -1,12 +1,14 @@
+import itertools
+
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import LOREM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from e2llm_plugin import embedded
 from e2llm_plugin.chunking import Chunker
 from e2llm_plugin.config import EMBEDDED_ENCODER
 from e2llm_plugin.errors import DocumentError
-
-from conftest import LOREM
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,7 @@ def tokenizer():
 def _tiles(chunks, text):
     """Without overlap, one document's chunk spans are contiguous and cover it exactly."""
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
-    for a, b in zip(chunks, chunks[1:]):
+    for a, b in itertools.pairwise(chunks):
         assert a.end == b.start
     assert "".join(c.text for c in chunks) == text
 
@@ -49,7 +51,7 @@ def test_overlap_repeats_tokens_and_keeps_offsets(tokenizer):
     chunks = Chunker(tokenizer, 30, overlap=5).split([text, "second document."])
     first_doc = [c for c in chunks if c.doc_index == 0]
     assert chunks[-1].doc_index == 1 and chunks[-1].text == "second document."
-    for a, b in zip(first_doc, first_doc[1:]):
+    for a, b in itertools.pairwise(first_doc):
         assert b.start < a.end  # overlapping spans
     for c in first_doc:
         assert text[c.start : c.end] == c.text

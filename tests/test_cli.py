@@ -4,10 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import LOREM, make_pdf
 
 from e2llm_plugin import cli
-
-from conftest import LOREM, make_pdf
 
 
 def test_ask_over_text_and_pdf(tiny_checkpoint, tmp_path, capsys):

@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_pdf
 
 from e2llm_plugin import E2LLM
-
-from conftest import make_pdf
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).parent.parent / "examples" / "factbook_finland.txt"
@@ -41,6 +40,25 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
     shipped.save_pretrained(tmp_path / "copy")
     copy = E2LLM.from_pretrained(tmp_path / "copy")
     assert {mode: copy.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in answers} == answers
+
+
+# Answers of the shipped checkpoint, recorded before the refactors of issue 11 and 13 (greedy, 24 new tokens): a change
+# that alters how the model reads (prompt, chunking, tokenization, passages) shows up here.
+PINNED = {
+    ("soft", "What is the national holiday of Finland?"): "Independence Day (19.000)",
+    ("hybrid", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
+    ("rag", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
+    ("hybrid", "What is the capital of Finland?"): "Helsinki",
+    ("hybrid", "Who is the chief of state of Finland?"): "Prime Minister Juha SIPILA (since 29 May 2015)",
+}
+
+
+def test_shipped_checkpoint_gives_the_pinned_answers(shipped):
+    ctx = shipped.compress([EXAMPLE.read_text()], show_progress=False)
+    got = {(mode, q): shipped.generate(q, context=ctx, mode=mode, max_new_tokens=24) for mode, q in PINNED}
+    assert got == PINNED
+    chat = shipped.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=24)
+    assert "".join(chat) == "Paris"
 
 
 def test_cli_answers_over_a_thirty_page_pdf(thirty_page_pdf):

@@ -1,4 +1,5 @@
-"""`python -m e2llm_plugin.evaluate`: metrics, methods' accounting, targets, and the CLI end to end on tiny models."""
+"""`python -m e2llm_plugin.evaluate`: metrics, methods' accounting and the CLI end to end on tiny models; the repo's
+milestone targets (`python -m research.targets`) on its results."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import json
 
 import pytest
 import torch
+from conftest import LOREM, build_tiny_model
 
 from e2llm_plugin.errors import E2LLMError
 from e2llm_plugin.evaluate import main
-from e2llm_plugin.evaluation import report
-from e2llm_plugin.evaluation.methods import METHODS, Evaluator, Example, chunking, load_examples
+from e2llm_plugin.evaluation.methods import METHODS, Evaluator, Example, load_examples
 from e2llm_plugin.evaluation.metrics import PeakMemory, answer_in, answer_recall, exact_match, f1_score, normalize_answer
-
-from conftest import LOREM, build_tiny_model
+from research import targets
+from research.data_builders.factbook import HELD_OUT_FIELD
 
 
 # ---- metrics --------------------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_every_method_runs_and_reports_its_costs(tiny_model, tiny_rag_model):
     assert hits["rag_base"] == hits["rag_tuned"] == hits["rag_ft"]
     assert all(hits[m] is None for m in ("closed_book", "truncation", "full_context", "soft"))
     # soft reads the same prompt as the text baselines with soft tokens in the context slot
-    assert tokens["soft"] == evaluator.text_prompt(_example().question, "").num_tokens + stats["soft_tokens"]
+    assert tokens["soft"] == tiny_model.answer_text(_example().question, "").prompt_tokens + stats["soft_tokens"]
 
 
 def test_rag_ft_needs_a_rag_model(tiny_model):
@@ -91,8 +92,7 @@ def test_rag_ft_needs_a_rag_model(tiny_model):
 
 def test_rag_ft_reads_with_its_own_decoder(tiny_model, tiny_rag_model):
     """rag_ft decodes with the text-RAG checkpoint's LoRA, not E2LLM's: on the same prompt the logits differ."""
-    evaluator = Evaluator(tiny_model, max_new_tokens=2, rag_model=tiny_rag_model)
-    prompt = evaluator.text_prompt("Which river?", LOREM)
+    prompt = _text_prompt(tiny_model, "Which river?", LOREM)
     with torch.inference_mode():
         mine = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
         theirs = tiny_rag_model.decoder.model(inputs_embeds=prompt.embeds).logits
@@ -112,21 +112,26 @@ def test_window_caps_text_baselines(tiny_model):
 def test_base_decoder_differs_from_tuned(tiny_model):
     """rag_base runs with LoRA disabled: its logits differ from rag_tuned's on the same prompt."""
     evaluator = Evaluator(tiny_model, max_new_tokens=2)
-    prompt = evaluator.text_prompt("Which river?", LOREM)
+    prompt = _text_prompt(tiny_model, "Which river?", LOREM)
     tuned = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
     with evaluator._decoder_for("rag_base"):
         base = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
     assert not torch.allclose(tuned, base)
 
 
-def test_chunking_override_is_temporary(tiny_model):
+def _text_prompt(model, question, text):
+    return model.decoder.build_prompt(model.decoder.text_embeddings(text), f"Answer the question: {question}")
+
+
+def test_another_chunk_size_is_read_without_changing_the_model(tiny_model):
     before = len(tiny_model.compress([LOREM * 4]).chunks)
-    with chunking(tiny_model, 12):
-        assert len(tiny_model.compress([LOREM * 4]).chunks) > before
+    assert len(tiny_model.compress([LOREM * 4], chunk_tokens=12).chunks) > before
     assert len(tiny_model.compress([LOREM * 4]).chunks) == before
+    with pytest.raises(E2LLMError, match="chunk_tokens"):
+        tiny_model.compress([LOREM], chunk_tokens=4)
 
 
-# ---- targets --------------------------------------------------------------------------------------------------------
+# ---- research.targets -----------------------------------------------------------------------------------------------
 def _row(**f1s):
     def outcome(f1, tokens):
         return {"prediction": "x", "em": 0.0, "f1": f1, "recall": f1, "ttft_s": 1.0, "total_s": 1.0, "tokens_read": tokens,
@@ -140,9 +145,9 @@ def test_targets_are_judged_on_paired_questions():
     files = {
         "short.jsonl": {"examples": [_row(closed_book=0.1, soft=0.6, hybrid=0.7, rag_base=0.6, rag_tuned=0.68,
                                           rag_ft=0.64, full_context=0.65)] * 3},
-        "heldout.jsonl": {"held_out_field": True, "examples": [_row(closed_book=0.1, soft=0.2)]},
+        "heldout.jsonl": {"examples": [{**_row(closed_book=0.1, soft=0.2), "field": HELD_OUT_FIELD}]},
     }
-    found = report.targets(files)
+    found = targets.targets(files)
     # +50 F1; +10/+10 over rag_base; only +2 over rag_tuned; +6/+6 over rag_ft; 92% of full context at 20x fewer
     # tokens; held out only +10
     assert [t["met"] for t in found] == [True, True, False, True, True, False]
@@ -150,8 +155,8 @@ def test_targets_are_judged_on_paired_questions():
     # full context n/a on a question: the comparison uses only the questions where both ran
     files["short.jsonl"]["examples"] = [_row(soft=0.6, full_context=0.65), _row(soft=0.0, full_context=None)]
     files["short.jsonl"]["examples"][1]["methods"]["full_context"] = {"prediction": None}
-    assert report.targets(files)[4]["met"] is True
-    assert report.targets({"a.jsonl": {"examples": [_row(soft=1.0)]}})[0]["met"] is None  # closed book never ran
+    assert targets.targets(files)[4]["met"] is True
+    assert targets.targets({"a.jsonl": {"examples": [_row(soft=1.0)]}})[0]["met"] is None  # closed book never ran
 
 
 # ---- the command line -----------------------------------------------------------------------------------------------
@@ -175,18 +180,23 @@ def test_cli_writes_json_markdown_and_plot(tiny_checkpoint, data_files, tmp_path
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["files"]) == {"short.jsonl", "held.jsonl"}
-    assert results["files"]["held.jsonl"]["held_out_field"] and not results["files"]["short.jsonl"]["held_out_field"]
     summary = results["files"]["short.jsonl"]["summary"]
     assert summary["soft"]["n"] == 3 and summary["full_context"]["n"] == 2  # the 40x context does not fit 600 tokens
     assert results["reconstruction"]["windows"] == 2
     assert [p["chunk_tokens"] for p in results["sweep"]] == [12, 24, 48, 24]
     ratios = [p["compression_ratio"] for p in results["sweep"][:3]]
     assert ratios == sorted(ratios)
-    assert len(results["targets"]) == 6
-    assert "rag_ft" not in summary and results["targets"][3]["met"] is None  # no --rag-model: not measured
+    assert "rag_ft" not in summary
     md = (out / "results.md").read_text()
-    assert "| soft |" in md and "## Targets" in md and "short.jsonl" in md and md in capsys.readouterr().out
+    assert "| soft |" in md and "short.jsonl" in md and md in capsys.readouterr().out
+    assert "## Targets" not in md  # the milestone targets are the repo's, not the package's
     assert (out / "compression.png").read_bytes()[:4] == b"\x89PNG"
+    # the targets, from the written results.json alone: held.jsonl asks only the held-out field
+    assert targets.main([str(out / "results.json")]) == 0
+    assert capsys.readouterr().out.startswith("## Targets\n")
+    found = targets.targets(results["files"])
+    assert len(found) == 6 and list(found[5]["per_file"]) == ["held.jsonl"] and list(found[0]["per_file"]) == ["short.jsonl"]
+    assert found[3]["met"] is None  # no --rag-model: not measured
 
 
 def test_cli_rejects_unknown_methods(tiny_checkpoint, data_files, tmp_path, capsys):
@@ -221,7 +231,7 @@ def test_shipped_checkpoint_end_to_end(tmp_path):
 
     data = Path(__file__).parent.parent / "data" / "v1" / "test_factbook_short.jsonl"
     if not data.exists():
-        pytest.skip("data/v1 not built: python -m e2llm_plugin.data_builders --out data/v1")
+        pytest.skip("data/v1 not built: python -m research.data_builders --out data/v1")
     out = tmp_path / "eval"
     argv = ["--data", str(data), "--out", str(out), "--max-questions", "2", "--window", "2048", "--max-new-tokens", "16"]
     assert main(argv) == 0

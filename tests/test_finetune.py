@@ -7,24 +7,24 @@ import sys
 
 import pytest
 import torch
+from conftest import LOREM
 from safetensors.torch import load_file
 
 from e2llm_plugin import E2LLM, finetune
 from e2llm_plugin.training import trainer as trainer_module
-
-from conftest import LOREM
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     lines = [{"context": [LOREM, "Cats hunt at night. " * 6], "prompt": "When is the National Day?", "answer": "26 October"},
-             {"context": "Cats sleep for most of the day. They hunt at night. " * 5, "prompt": "When do cats hunt?", "answer": "At night."},
+             {"context": "Cats sleep for most of the day. They hunt at night. " * 5, "prompt": "When do cats hunt?",
+              "answer": "At night."},
              {"text": LOREM * 2}]
     train = root / "train.jsonl"
     train.write_text("".join(json.dumps(lines[i % 3]) + "\n" for i in range(10)))
     evaluation = root / "eval.jsonl"
-    evaluation.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    evaluation.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return train, evaluation
 
 
@@ -40,7 +40,7 @@ def test_four_steps_write_a_checkpoint_that_loads_and_answers(tiny_dirs, data, t
     assert finetune.main(_args(tiny_dirs, data, out, "--max-steps", "4", "--save-every", "2", "--eval-every", "2")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and "eval_loss_reasoning" in summary
-    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "lr" in r] == [1, 2, 3, 4]
     assert any("eval_loss_understanding" in r for r in log)
     model = E2LLM.from_pretrained(out)
@@ -66,7 +66,7 @@ def test_rag_mode_trains_a_text_rag_decoder(tiny_dirs, data, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "eval_loss_reasoning" in summary and "eval_loss_understanding" not in summary
     assert summary["skipped_tasks"] == 0  # no restate tasks are made, so none is counted as too long
-    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines() if '"lr"' in l]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"lr"' in line]
     assert all(r["tasks"] == 1 and "loss_reasoning" in r and "loss_understanding" not in r for r in log)
     first = load_file(out / "checkpoints" / "step-0000001" / "model.safetensors")
     last = load_file(out / "model.safetensors")
@@ -188,10 +188,11 @@ LAUNCHERS = {
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_cpu_processes_train_and_save_once(tiny_dirs, data, tmp_path, launcher):
     out = tmp_path / "ddp"
-    cmd = [*LAUNCHERS[launcher], "-m", "e2llm_plugin.finetune", *_args(tiny_dirs, data, out, "--max-steps", "3", "--save-every", "3")]
+    args = _args(tiny_dirs, data, out, "--max-steps", "3", "--save-every", "3")
+    cmd = [*LAUNCHERS[launcher], "-m", "e2llm_plugin.finetune", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log = [json.loads(l) for l in (out / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "lr" in r] == [1, 2, 3]  # one writer, not two
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000003"]
     E2LLM.from_pretrained(out)

@@ -4,6 +4,7 @@ PDFs and bad input. The conformance suites (langchain-tests) are in test_langcha
 import warnings
 
 import pytest
+from conftest import LOREM, make_pdf
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
@@ -13,8 +14,6 @@ from pydantic import ValidationError
 from e2llm_plugin import ChatE2LLM, E2LLMError, create_e2llm_chain
 from e2llm_plugin.errors import CheckpointError, DocumentError
 from e2llm_plugin.integrations.langchain import load_pdf
-
-from conftest import LOREM, make_pdf
 
 LONG = LOREM * 3  # about 200 decoder tokens: long for llm() below, whose threshold is 32
 PAGES = [Document(f"Page {i + 1}. " + LOREM, metadata={"source": "book.pdf", "page": i}) for i in range(3)]
@@ -28,9 +27,9 @@ def llm(tiny_model):
 
 @pytest.fixture
 def spy(tiny_model, monkeypatch):
-    """Records the questions and earlier turns E2LLM.answer gets and the texts E2LLM.compress gets."""
+    """Records the questions and earlier turns E2LLM.answer gets and the texts E2LLM.compress_each gets."""
     calls = {"questions": [], "histories": [], "compressed": []}
-    answer, compress = tiny_model.answer, tiny_model.compress
+    answer, compress = tiny_model.answer, tiny_model.compress_each
 
     def answer_spy(question, *args, **kwargs):
         calls["questions"].append(question)
@@ -42,7 +41,7 @@ def spy(tiny_model, monkeypatch):
         return compress(texts, *args, **kwargs)
 
     monkeypatch.setattr(tiny_model, "answer", answer_spy)
-    monkeypatch.setattr(tiny_model, "compress", compress_spy)
+    monkeypatch.setattr(tiny_model, "compress_each", compress_spy)
     return calls
 
 
@@ -139,7 +138,8 @@ def test_a_plain_chat_is_the_core_chat(llm, tiny_model):
 
 @pytest.mark.parametrize("messages, message", [
     ([SystemMessage(LONG)], "nothing to answer: the conversation is all long context.*long_text_tokens"),
-    ([SystemMessage(LONG), HumanMessage("When?"), AIMessage("Soon.")], "nothing to answer: the conversation ends with a turn by the assistant"),
+    ([SystemMessage(LONG), HumanMessage("When?"), AIMessage("Soon.")],
+     "nothing to answer: the conversation ends with a turn by the assistant"),
     ([HumanMessage("Hi"), AIMessage("Hello!")], "nothing to answer"),
     ([HumanMessage("Hi"), ToolMessage("42", tool_call_id="1"), HumanMessage("So?")], "calls no tools.*'tool'"),
 ])

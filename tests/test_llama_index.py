@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
+from conftest import LOREM
 from llama_index.core import Document, Settings, SummaryIndex, VectorStoreIndex
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.llms.types import ChatMessage
@@ -24,8 +25,6 @@ from llama_index.core.schema import QueryBundle, TextNode
 
 from e2llm_plugin import E2LLM, E2LLMCustomLLM, E2LLMEmbedding, E2LLMError, E2LLMQueryEngine, E2LLMSynthesizer
 from e2llm_plugin.integrations.llama_index import E2LLMCompressionEvent
-
-from conftest import LOREM
 
 STATS_KEYS = {"chunks", "soft_tokens", "source_tokens", "compression_ratio", "mode"}
 QUESTION = "When is the National Day?"
@@ -97,7 +96,7 @@ def test_query_reads_every_node_and_reports_stats(engine, tiny_model):
     assert stats["source_tokens"] == expected.num_source_tokens
     assert stats["compression_ratio"] == pytest.approx(expected.compression_ratio, abs=0.01)
     assert stats["mode"] == "soft" and stats["nodes"] == len(nodes) and stats["skipped_nodes"] == []
-    assert stats["completion_tokens"] == tiny_model.decoder.count_tokens(response.response)
+    assert stats["completion_tokens"] == tiny_model.count_tokens(response.response)
     assert response.metadata[nodes[0].node.node_id]["title"] == "Austria"
 
 
@@ -110,7 +109,7 @@ def test_streaming_joins_to_the_answer(tiny_model):
     assert response.metadata["e2llm"]["completion_tokens"] is None  # not generated yet
     pieces = list(response.response_gen)
     assert "".join(pieces) == plain.query(QUESTION).response
-    assert response.metadata["e2llm"]["completion_tokens"] == tiny_model.decoder.count_tokens("".join(pieces))
+    assert response.metadata["e2llm"]["completion_tokens"] == tiny_model.count_tokens("".join(pieces))
     assert response.source_nodes and STATS_KEYS <= set(response.metadata["e2llm"])
 
 
@@ -196,7 +195,7 @@ def test_vector_store_index_with_offline_embeddings(tiny_model):
     streaming = E2LLMQueryEngine.from_index(index, model=tiny_model, streaming=True, similarity_top_k=5)
     assert "".join(streaming.query(QUESTION).response_gen) == response.response
     assert asyncio.run(engine.aquery(QUESTION)).response == response.response
-    expected = tiny_model.encoder.embed_for_retrieval(["Austria"])[0].tolist()
+    expected = tiny_model.embed(["Austria"])[0].tolist()
     assert embed.get_query_embedding("Austria") == pytest.approx(expected, abs=1e-5)
 
 
@@ -239,12 +238,12 @@ def test_bad_input(tiny_model, engine, caplog):
 def test_custom_llm_completes_and_chats_without_compressing(tiny_model):
     counter = TokenCountingHandler()
     llm = E2LLMCustomLLM(tiny_model, max_new_tokens=6, callback_manager=CallbackManager([counter]))
-    assert llm.metadata.context_window == tiny_model.decoder.max_tokens and llm.metadata.num_output == 6
+    assert llm.metadata.context_window == tiny_model.context_window and llm.metadata.num_output == 6
     completion = llm.complete("Name a river.")
     pieces = [r.delta for r in llm.stream_complete("Name a river.")]
     assert "".join(pieces) == completion.text
     usage = completion.raw["usage"]
-    assert usage["completion_tokens"] == tiny_model.decoder.count_tokens(completion.text)
+    assert usage["completion_tokens"] == tiny_model.count_tokens(completion.text)
     assert counter.prompt_llm_token_count == 2 * usage["prompt_tokens"]
     chat = llm.chat([ChatMessage(role="user", content="Name a river.")])
     assert chat.message.content == completion.text  # the same chat-templated prompt
@@ -260,7 +259,7 @@ def test_custom_llm_completes_and_chats_without_compressing(tiny_model):
     system = E2LLMCustomLLM(tiny_model, max_new_tokens=6, system_prompt="Be brief.")
     assert system.complete("Hi").raw["usage"]["prompt_tokens"] == tiny_model.chat(turns[:2]).prompt_tokens
     with pytest.raises(E2LLMError, match="does not compress"):
-        llm.complete("word " * tiny_model.decoder.max_tokens)
+        llm.complete("word " * tiny_model.context_window)
 
 
 # ---- the shipped checkpoint, end to end -------------------------------------------------------------------------

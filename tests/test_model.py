@@ -5,12 +5,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-
-from e2llm_plugin import CompressedContext, E2LLM, E2LLMConfig, E2LLMError
-from e2llm_plugin.adapter import MLPAdapter, VPMA
-from e2llm_plugin.errors import CheckpointError
-
 from conftest import LOREM
+
+from e2llm_plugin import E2LLM, CompressedContext, E2LLMConfig, E2LLMError
+from e2llm_plugin.adapter import VPMA, MLPAdapter
+from e2llm_plugin.errors import CheckpointError
 
 DOCS = [LOREM * 3, "A second, shorter document about the Alps."]
 
@@ -21,7 +20,7 @@ def test_compress_stats(tiny_model):
     assert ctx.num_chunks == len(ctx.chunks) > 4
     assert ctx.soft_tokens.shape == (ctx.num_chunks, 1, tiny_model.decoder.dim)
     assert ctx.num_soft_tokens == ctx.num_chunks
-    assert ctx.num_source_tokens == sum(tiny_model.decoder.count_tokens(d) for d in DOCS)
+    assert ctx.num_source_tokens == sum(tiny_model.count_tokens(d) for d in DOCS)
     assert ctx.compression_ratio == pytest.approx(ctx.num_source_tokens / ctx.num_soft_tokens)
     assert set(ctx.stats()) >= {"chunks", "soft_tokens", "source_tokens", "compression_ratio"}
 
@@ -46,11 +45,11 @@ def test_answer_reports_what_was_read(tiny_model):
     soft = tiny_model.answer("When is the National Day?", context=ctx, mode="soft")
     text = "".join(soft)
     assert soft.text == text and soft.passages == []
-    assert soft.completion_tokens == tiny_model.decoder.count_tokens(text)
+    assert soft.completion_tokens == tiny_model.count_tokens(text)
     hybrid = tiny_model.answer("When is the National Day?", context=ctx, mode="hybrid")
     "".join(hybrid)
     assert hybrid.passages and hybrid.prompt_tokens > soft.prompt_tokens
-    raw_tokens = sum(tiny_model.decoder.count_tokens(ctx.chunks[i].text) for i, _ in hybrid.passages)
+    raw_tokens = sum(tiny_model.count_tokens(ctx.chunks[i].text) for i, _ in hybrid.passages)
     assert raw_tokens <= tiny_model.config.hybrid_raw_tokens
     assert [i for i, _ in hybrid.passages] == sorted(i for i, _ in hybrid.passages)
 
@@ -62,10 +61,11 @@ def test_rag_reads_raw_passages_in_hybrids_positions(tiny_model):
     assert isinstance("".join(rag), str) and rag.passages
     hybrid = tiny_model.answer("When is the National Day?", context=ctx, mode="hybrid")
     "".join(hybrid)
-    empty = tiny_model.decoder.build_prompt(tiny_model.decoder.text_embeddings(""), "Answer the question: When is the National Day?")
-    read = rag.prompt_tokens - empty.num_tokens
+    empty = tiny_model.answer_text("When is the National Day?", "", max_new_tokens=1)
+    assert empty.mode == "text"
+    read = rag.prompt_tokens - empty.prompt_tokens
     assert 0 < read <= tiny_model.rag_budget(ctx) == ctx.num_soft_tokens + tiny_model.config.hybrid_raw_tokens
-    raw = {a.mode: sum(tiny_model.decoder.count_tokens(ctx.chunks[i].text) for i, _ in a.passages) for a in (rag, hybrid)}
+    raw = {a.mode: sum(tiny_model.count_tokens(ctx.chunks[i].text) for i, _ in a.passages) for a in (rag, hybrid)}
     assert raw["rag"] > raw["hybrid"]  # the soft tokens' positions hold more raw text
     assert tiny_model.rank_chunks("When is the National Day?", ctx)[0][0] in {i for i, _ in rag.passages}
 
@@ -74,14 +74,15 @@ def test_rag_fits_the_decoder_window_however_long_the_context(tiny_model, monkey
     """rag's budget (soft tokens + raw budget) may exceed the window; it reads the best passages that fit."""
     monkeypatch.setattr(tiny_model.config, "hybrid_raw_tokens", 5000)  # budget far beyond the tiny decoder's 1024
     ctx = tiny_model.compress([" ".join(DOCS) * 40])
-    assert sum(tiny_model.decoder.count_tokens(c.text) for c in ctx.chunks) > tiny_model.decoder.max_tokens
+    assert sum(tiny_model.count_tokens(c.text) for c in ctx.chunks) > tiny_model.context_window
     rag = tiny_model.answer("When is the National Day?", context=ctx, mode="rag", max_new_tokens=8)
     "".join(rag)
-    assert rag.passages and rag.prompt_tokens + 8 <= tiny_model.decoder.max_tokens
+    assert rag.passages and rag.prompt_tokens + 8 <= tiny_model.context_window
 
 
 def test_hybrid_ranks_the_relevant_chunk_first(tiny_model):
-    ctx = tiny_model.compress(["The weather was mild all year. " * 8, "Austria's National Day is 26 October.", "Cats sleep a lot. " * 8])
+    documents = ["The weather was mild all year. " * 8, "Austria's National Day is 26 October.", "Cats sleep a lot. " * 8]
+    ctx = tiny_model.compress(documents)
     best, _ = tiny_model.rank_chunks("What is the National Day of Austria?", ctx)[0]
     assert "National Day" in ctx.chunks[best].text
 
@@ -137,7 +138,8 @@ def test_a_document_too_long_for_the_decoder_is_refused_not_truncated(tiny_model
         tiny_model.generate("q?", documents=[long_doc])
 
 
-@pytest.mark.parametrize("field, value", [("mode", "x"), ("adapter", "transformer"), ("chunk_tokens", 2), ("soft_tokens_per_chunk", 0)])
+@pytest.mark.parametrize("field, value", [("mode", "x"), ("adapter", "transformer"), ("chunk_tokens", 2),
+                                          ("soft_tokens_per_chunk", 0)])
 def test_config_validation(field, value):
     with pytest.raises(E2LLMError, match=field if field != "adapter" else "adapter"):
         E2LLMConfig(**{field: value})
@@ -172,7 +174,6 @@ def test_growing_k_keeps_the_trained_tokens_and_adds_distinct_ones(adapter_cls):
 
 
 def test_model_grows_k_but_never_shrinks_it(tiny_config):
-    import dataclasses
 
     model = E2LLM(tiny_config)
     model.grow_soft_tokens(2)
@@ -283,19 +284,20 @@ def test_hub_id_resolves_from_the_local_hf_cache(tiny_checkpoint, tmp_path, monk
         E2LLM.from_pretrained("org/not-cached", cache_dir=str(tmp_path / "hub"))
 
 
-def test_save_over_an_existing_checkpoint_replaces_it_whole(tiny_model, tmp_path):
+def test_save_writes_its_files_and_leaves_everything_else(tiny_model, tmp_path):
     target = tmp_path / "ckpt"
     target.mkdir()
-    (target / "stale.txt").write_text("old")
+    (target / "thesis.tex").write_text("mine")
     tiny_model.save_pretrained(target)
-    assert not (target / "stale.txt").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
+    tiny_model.save_pretrained(target)  # over a checkpoint: its own files are replaced
+    assert (target / "thesis.tex").read_text() == "mine"
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "config.json", "model.safetensors", "thesis.tex"]
 
 
 def test_compress_each_matches_one_context_per_document(tiny_model):
     each = tiny_model.compress_each(DOCS)
     assert len(each) == 2 and all(c.num_documents == 1 for c in each)
-    for ctx, doc in zip(each, DOCS):
+    for ctx, doc in zip(each, DOCS, strict=True):
         alone = tiny_model.compress([doc])
         assert [c.text for c in ctx.chunks] == [c.text for c in alone.chunks]
         assert ctx.num_source_tokens == alone.num_source_tokens
@@ -303,10 +305,10 @@ def test_compress_each_matches_one_context_per_document(tiny_model):
 
 
 def test_plain_chat_prompt(tiny_model):
-    prompt = tiny_model.decoder.chat_prompt([{"role": "user", "content": "Hello there"}], max_new_tokens=4)
-    assert prompt.num_tokens > 3
+    answer = tiny_model.chat([{"role": "user", "content": "Hello there"}], max_new_tokens=4)
+    assert answer.prompt_tokens > 3
     with pytest.raises(E2LLMError, match="decoder reads at most"):
-        tiny_model.decoder.chat_prompt([{"role": "user", "content": "word " * 2000}])
+        tiny_model.chat([{"role": "user", "content": "word " * 2000}])
 
 
 def test_chat_keeps_earlier_turns_and_reads_the_context_in_the_last(tiny_model):

@@ -2,8 +2,8 @@
 
 Every method reads the paper's prompt in the decoder's chat template, ``Given the contexts: [...] Please follow the
 instruction: Answer the question: {question}``; the text baselines put decoder token embeddings of raw text where
-E2LLM puts soft tokens (built by the same ``Decoder.build_prompt``), and every method decodes greedily with the same
-``Decoder.stream_text``. Closed book reads ``Answer the question: {question}`` alone, with no context slot.
+E2LLM puts soft tokens (``E2LLM.answer_text``, ``E2LLM.answer(mode="rag")``), and every method decodes greedily through
+the same `Answer`. Closed book reads ``Answer the question: {question}`` alone, with no context slot.
 
 Decoders: closed book, truncation, full context and ``rag_base`` read with the LoRA adapter disabled (the base
 decoder); ``rag_tuned``, soft and hybrid with it on. That decoder was fine-tuned on QA with soft prompts (and raw
@@ -26,15 +26,15 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..chunking import Chunker
-from ..decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Prompt
+from ..decoder import ANSWER_INSTRUCTION
 from ..errors import E2LLMError
+from ..model import Answer
+from ..tasks import restate_task
 from .metrics import PeakMemory, answer_in, f1_score, score
 
 METHODS = ("closed_book", "truncation", "full_context", "rag_base", "rag_tuned", "rag_ft", "soft", "hybrid")
@@ -45,7 +45,8 @@ DESCRIPTIONS = {
     "truncation": "base decoder, the first context tokens that fit the window",
     "full_context": "base decoder, the whole context as text (only where it fits the window, else n/a)",
     "rag_base": "base decoder, top chunks by the base encoder's cosine similarity, raw text, at hybrid's decoder-token budget",
-    "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on QA with soft prompts, never on raw passages alone)",
+    "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on QA with soft prompts, never on raw passages "
+                 "alone)",
     "rag_ft": "the same passages read by a decoder LoRA fine-tuned for text RAG on the same QA data (--rag-model)",
     "soft": "E2LLM: every chunk as soft tokens",
     "hybrid": "E2LLM: every chunk as soft tokens plus the raw text of the most similar chunks",
@@ -122,36 +123,20 @@ class Evaluator:
 
     def __init__(self, model, window: int | None = None, max_new_tokens: int = 32, rag_model=None):
         self.model, self.rag_model = model, rag_model
-        self.decoder = model.decoder
-        self.window = min(window or self.decoder.max_tokens, self.decoder.max_tokens)
+        self.window = min(window or model.context_window, model.context_window)
         self.max_new_tokens = max_new_tokens
-        self.has_adapter = hasattr(self.decoder.model, "disable_adapter")
-
-    # ---- prompts -------------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def text_prompt(self, question: str, text: str, max_tokens: int | None = None) -> Prompt:
-        """The E2LLM prompt with the embeddings of this text's (first `max_tokens`) tokens in the context slot."""
-        slot = self.decoder.text_embeddings(text, max_tokens)
-        return self.decoder.build_prompt(slot, ANSWER_INSTRUCTION.format(question=question))
-
-    @torch.inference_mode()
-    def closed_book_prompt(self, question: str) -> Prompt:
-        """``Answer the question: {question}`` as the only user turn: no context slot at all."""
-        return self.decoder.chat_prompt([{"role": "user", "content": ANSWER_INSTRUCTION.format(question=question)}])
 
     def text_budget(self, question: str) -> int:
         """Context tokens a text prompt can hold within the window, leaving room for the answer."""
-        return self.window - self.text_prompt(question, "").num_tokens - self.max_new_tokens
+        return self.window - self.model.answer_text(question, "", max_new_tokens=1).prompt_tokens - self.max_new_tokens
 
     # ---- generation ----------------------------------------------------------------------------------------
     def _decoder_for(self, method: str):
-        if method in BASE_DECODER_METHODS and self.has_adapter:
-            return self.decoder.model.disable_adapter()
-        return contextlib.nullcontext()
+        return self.model.base_decoder() if method in BASE_DECODER_METHODS else contextlib.nullcontext()
 
-    def _consume(self, pieces: Iterator[str], start: float, outcome: Outcome) -> None:
+    def _consume(self, answer: Answer, start: float, outcome: Outcome) -> None:
         text, first = [], None
-        for piece in pieces:
+        for piece in answer:
             if first is None:
                 first = time.perf_counter() - start
             text.append(piece)
@@ -160,20 +145,14 @@ class Evaluator:
         outcome.prediction = "".join(text).strip()
 
     def _run(self, method: str, example: Example, build, stages: list[_Stage] = ()) -> Outcome:
-        """Time and measure `build() -> (Prompt | Answer, tokens_read)` then decoding, with the shared stages added."""
+        """Time and measure `build() -> Answer` then decoding, with the shared stages added."""
         outcome = Outcome()
-        decoder = self.rag_model.decoder if method == "rag_ft" else self.decoder
         try:
-            with PeakMemory(self.decoder.device) as memory, self._decoder_for(method):
+            with PeakMemory(self.model.device) as memory, self._decoder_for(method):
                 start = time.perf_counter()
-                prompt = build()
-                if isinstance(prompt, Prompt):
-                    outcome.tokens_read = prompt.num_tokens
-                    pieces = decoder.stream_text(prompt, self.max_new_tokens)
-                else:  # an Answer from E2LLM.answer
-                    outcome.tokens_read = prompt.prompt_tokens
-                    pieces = iter(prompt)
-                self._consume(pieces, start, outcome)
+                answer = build()
+                outcome.tokens_read = answer.prompt_tokens
+                self._consume(answer, start, outcome)
         except _NotApplicable as why:
             return Outcome(note=str(why))
         except E2LLMError as err:
@@ -198,12 +177,12 @@ class Evaluator:
     # ---- one example ---------------------------------------------------------------------------------------
     def run_example(self, example: Example, methods=METHODS) -> tuple[dict[str, Outcome], dict]:
         """The outcome of each method, and the compressed context's statistics (empty if nothing compressed)."""
-        model, q = self.model, example.question
+        model, q, n = self.model, example.question, self.max_new_tokens
         results: dict[str, Outcome] = {}
         stages: dict[str, _Stage] = {}
 
         def stage(name, fn):
-            with PeakMemory(self.decoder.device) as memory:
+            with PeakMemory(model.device) as memory:
                 start = time.perf_counter()
                 value = fn()
             stages[name] = _Stage(time.perf_counter() - start, memory.peak_mb)
@@ -217,25 +196,25 @@ class Evaluator:
         ctx = None
         if uses_chunks:
             if retrieval:  # RAG is charged for chunking, not for compression
-                stage("chunk", lambda: model.chunker.split(example.documents))
+                stage("chunk", lambda: model.chunk(example.documents))
             ctx = stage("compress", lambda: model.compress(example.documents, show_progress=False))
             if retrieval:
-                texts = [c.text for c in ctx.chunks]
-                ctx.retrieval_embeddings = stage("index", lambda: model.encoder.embed_for_retrieval(texts))
+                stage("index", lambda: ctx.ensure_retrieval_embeddings(model.embed))
 
         if "closed_book" in methods:
-            results["closed_book"] = self._run("closed_book", example, lambda: self.closed_book_prompt(q))
+            turn = [{"role": "user", "content": ANSWER_INSTRUCTION.format(question=q)}]  # no context slot at all
+            results["closed_book"] = self._run("closed_book", example, lambda: model.chat(turn, max_new_tokens=n))
 
         if {"truncation", "full_context"} & set(methods):
             budget = self.text_budget(q)
             text = "\n\n".join(example.documents)
-            length = self.decoder.count_tokens(text)
+            length = model.count_tokens(text)
             fits = length <= budget
 
             def full():
                 if not fits:
                     raise _NotApplicable(f"n/a: context is {length} tokens, the window holds {budget}")
-                return self.text_prompt(q, text)
+                return model.answer_text(q, text, max_new_tokens=n)
 
             if "full_context" in methods:
                 results["full_context"] = self._run("full_context", example, full)
@@ -244,14 +223,18 @@ class Evaluator:
                     results["truncation"] = dataclasses.replace(results["full_context"],
                                                                 note="whole context fits: same as full_context")
                 else:
-                    results["truncation"] = self._run("truncation", example, lambda: self.text_prompt(q, text, budget))
+                    results["truncation"] = self._run("truncation", example,
+                                                      lambda: model.answer_text(q, text, budget, max_new_tokens=n))
 
         if rag:
             # Equal budget: as many decoder positions as hybrid reads, within the text baselines' window.
             rag_budget = min(model.rag_budget(ctx), self.text_budget(q))
             for method in rag:
                 reader = self.rag_model if method == "rag_ft" else model
-                build = torch.inference_mode()(lambda r=reader: r.prompt(q, ctx, "rag", rag_budget=rag_budget)[0])
+
+                def build(r=reader):
+                    return r.answer(q, context=ctx, mode="rag", max_new_tokens=n, raw_tokens=rag_budget)
+
                 results[method] = self._run(method, example, build, [stages["chunk"], stages["index"]])
 
         for method in ("soft", "hybrid"):
@@ -259,7 +242,7 @@ class Evaluator:
                 needs = [stages["compress"]] + ([stages["index"]] if method == "hybrid" else [])
 
                 def answer(m=method):
-                    return model.answer(q, context=ctx, mode=m, max_new_tokens=self.max_new_tokens)
+                    return model.answer(q, context=ctx, mode=m, max_new_tokens=n)
 
                 results[method] = self._run(method, example, answer, needs)
 
@@ -277,22 +260,9 @@ class _NotApplicable(Exception):
 
 
 # ---- reconstruction and compression ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def chunking(model, chunk_tokens: int):
-    """Temporarily read with another chunk size: the adapter pools any number of encoder tokens into its k tokens."""
-    if chunk_tokens + 2 > model.encoder.max_tokens or chunk_tokens < 8:
-        raise E2LLMError(f"chunk size {chunk_tokens} must be in [8, {model.encoder.max_tokens - 2}]")
-    old_chunker, old_size = model.chunker, model.config.chunk_tokens
-    model.chunker = Chunker(model.encoder.tokenizer, chunk_tokens, min(model.config.chunk_overlap, chunk_tokens // 2 - 1))
-    model.config.chunk_tokens = chunk_tokens
-    try:
-        yield model
-    finally:
-        model.chunker, model.config.chunk_tokens = old_chunker, old_size
-
-
 @torch.inference_mode()
-def reconstruction(model, texts: list[str], windows: int, window_chunks: int = 2, seed: int = 0) -> dict:
+def reconstruction(model, texts: list[str], windows: int, window_chunks: int = 2, seed: int = 0,
+                   chunk_tokens: int | None = None) -> dict:
     """Restate windows of `window_chunks` chunks from their soft tokens (as in training); token F1 against the text."""
     rng = random.Random(seed)
     order = rng.sample(range(len(texts)), len(texts))
@@ -301,27 +271,22 @@ def reconstruction(model, texts: list[str], windows: int, window_chunks: int = 2
         if len(rows) >= windows or not texts:
             break
         index = order[attempt % len(order)]
-        chunks = model.chunker.split([texts[index]])
-        start = rng.randrange(max(1, len(chunks) - window_chunks + 1))
-        window = chunks[start : start + window_chunks]
-        target = "".join(c.text for c in window).strip()
-        if not target:
+        task = restate_task(model.chunk([texts[index]], chunk_tokens), rng, window_chunks)
+        if task is None:
             continue
         began = time.perf_counter()
-        soft = model.soft_tokens([c.text for c in window])
-        prompt = model.decoder.build_prompt(soft.reshape(-1, soft.shape[-1]), RESTATE_INSTRUCTION)
-        restated = "".join(model.decoder.stream_text(prompt, model.decoder.count_tokens(target) + 16)).strip()
-        rows.append({"text_index": index, "target": target, "restated": restated, "f1": f1_score(restated, target),
+        restated = model.restate(task.chunks, max_new_tokens=model.count_tokens(task.target) + 16).strip()
+        rows.append({"text_index": index, "target": task.target, "restated": restated, "f1": f1_score(restated, task.target),
                      "seconds": time.perf_counter() - began})
     mean = sum(r["f1"] for r in rows) / len(rows) if rows else None
     return {"windows": len(rows), "window_chunks": window_chunks, "f1": None if mean is None else 100 * mean, "rows": rows}
 
 
-def soft_f1_and_ratio(model, examples: list[Example], max_new_tokens: int) -> dict:
+def soft_f1_and_ratio(model, examples: list[Example], max_new_tokens: int, chunk_tokens: int | None = None) -> dict:
     """E2LLM soft F1 and mean compression ratio (source decoder tokens per soft token) over examples."""
     f1s, ratios = [], []
     for example in examples:
-        ctx = model.compress(example.documents, show_progress=False)
+        ctx = model.compress(example.documents, show_progress=False, chunk_tokens=chunk_tokens)
         prediction = model.generate(example.question, context=ctx, mode="soft", max_new_tokens=max_new_tokens)
         f1s.append(f1_score(prediction, example.answer))
         ratios.append(ctx.compression_ratio)

@@ -77,7 +77,7 @@ _LIBC = None
 if os.name == "posix":
     try:
         _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _LIBC.malloc_trim  # glibc only
+        _ = _LIBC.malloc_trim  # glibc only: raises AttributeError elsewhere
     except (OSError, AttributeError):
         _LIBC = None
 
@@ -105,7 +105,7 @@ class PeakMemory:
         self.peak_mb = 0.0
         self._read = _rss_reader()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.cuda:
             import torch
 

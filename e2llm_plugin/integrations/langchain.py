@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -36,38 +35,25 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("the LangChain integration needs langchain-core: pip install 'e2llm-plugin[langchain]'") from err
 
-from ..config import MODES
+from ..config import check_mode
 from ..context import CompressedContext
 from ..documents import read_pdf_pages
 from ..errors import DocumentError, E2LLMError
-from ..model import SHIPPED_CHECKPOINTS, E2LLM, Answer
+from ..model import E2LLM, SHIPPED_CHECKPOINTS, Answer
+from .common import ContextCache, check_model_argument, load_model
 
 __all__ = ["ChatE2LLM", "create_e2llm_chain", "load_pdf"]
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 _CALL_ARGUMENTS = ("mode", "max_tokens")
-_COMPRESSED_KEPT = 4  # contexts kept per ChatE2LLM: a few documents asked about in turn
-
-# ---- checkpoints, shared --------------------------------------------------------------------------------------
-
-_checkpoints: dict[str, E2LLM] = {}
-_checkpoints_lock = threading.Lock()
-
-
-def _shared_checkpoint(source: str | os.PathLike | None) -> E2LLM:
-    """Load a checkpoint once per process: loading takes seconds and every copy holds both base models."""
-    key = str(source)
-    with _checkpoints_lock:
-        if key not in _checkpoints:
-            _checkpoints[key] = E2LLM.from_pretrained(source)
-        return _checkpoints[key]
-
+_DOCUMENTS_KEPT = 1_000  # long texts kept compressed per ChatE2LLM (LRU), so follow-up questions encode nothing
 
 def _default_model_name(model) -> str:
     if model is None:
         return SHIPPED_CHECKPOINTS[-1].name
     if isinstance(model, E2LLM):
-        return "e2llm-" + model.config.decoder.rsplit("/", 1)[-1].split(":")[-1]
+        decoder = model.config.decoder
+        return "e2llm-" + decoder.rsplit("/", 1)[-1].split(":")[-1]
     path = Path(model).expanduser()
     return path.name if path.is_dir() else str(model)  # a Hub id names itself
 
@@ -123,14 +109,13 @@ class ChatE2LLM(BaseChatModel):
     streaming: bool = False
     """Whether `invoke` reports each text piece to callbacks as it is decoded (`stream` always does)."""
 
-    # Compressed long texts by content, so that follow-up questions over the same documents skip the encoder.
-    _compressed: OrderedDict = PrivateAttr(default_factory=OrderedDict)
-    _compressed_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # Compressed long texts by content (`integrations.common.ContextCache`), made with the model on first use.
+    _cache: ContextCache | None = PrivateAttr(default=None)
+    _cache_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
-    def _check(self) -> "ChatE2LLM":
-        if not (self.model is None or isinstance(self.model, (E2LLM, str, os.PathLike))):
-            raise ValueError(f"model must be an E2LLM, a checkpoint directory or a Hub repo id, got {type(self.model).__name__}")
+    def _check(self) -> ChatE2LLM:
+        check_model_argument(self.model)
         if self.temperature:
             raise ValueError(f"ChatE2LLM decodes greedily; temperature must be 0 or None, got {self.temperature}")
         if self.model_name is None:
@@ -140,7 +125,7 @@ class ChatE2LLM(BaseChatModel):
     @property
     def e2llm(self) -> E2LLM:
         """The E2LLM model, loaded on first use (constructing a ChatE2LLM loads nothing)."""
-        return self.model if isinstance(self.model, E2LLM) else _shared_checkpoint(self.model)
+        return load_model(self.model)
 
     @property
     def _llm_type(self) -> str:
@@ -192,8 +177,7 @@ class ChatE2LLM(BaseChatModel):
             hint = " (the checkpoint is chosen when constructing ChatE2LLM)" if "model" in unknown else ""
             raise E2LLMError(f"ChatE2LLM got unknown call arguments {unknown}{hint}; it takes {list(_CALL_ARGUMENTS)}")
         mode, max_tokens = kwargs.get("mode", self.mode), kwargs.get("max_tokens", self.max_tokens)
-        if mode not in (None, *MODES):
-            raise E2LLMError(f"mode must be one of {MODES}, got {mode!r}")
+        check_mode(mode)
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
             raise E2LLMError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         return mode, max_tokens or self.e2llm.config.max_new_tokens
@@ -218,7 +202,7 @@ class ChatE2LLM(BaseChatModel):
 
     def _split(self, messages: list[BaseMessage]) -> tuple[list[str], list[dict]]:
         """Long texts to compress, in conversation order, and the rest as chat turns."""
-        count = self.e2llm.decoder.count_tokens
+        count = self.e2llm.count_tokens
         long_texts, chat = [], []
         for position, message in enumerate(messages):
             kind = getattr(message, "role", message.type)  # a ChatMessage names its role
@@ -240,17 +224,10 @@ class ChatE2LLM(BaseChatModel):
         return long_texts, chat
 
     def _compress(self, texts: list[str]) -> CompressedContext:
-        key = tuple(texts)
-        with self._compressed_lock:
-            if key in self._compressed:
-                self._compressed.move_to_end(key)
-                return self._compressed[key]
-        context = self.e2llm.compress(texts)
-        with self._compressed_lock:
-            self._compressed[key] = context
-            while len(self._compressed) > _COMPRESSED_KEPT:
-                self._compressed.popitem(last=False)
-        return context
+        with self._cache_lock:
+            if self._cache is None:
+                self._cache = ContextCache(self.e2llm, _DOCUMENTS_KEPT)
+        return self._cache.get(texts)[0]
 
 
 # ---- PDFs and the chain ---------------------------------------------------------------------------------------

@@ -12,24 +12,24 @@ Nothing here needs `Settings.llm` or `Settings.embed_model` (whose defaults want
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
-import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 try:
     import llama_index.core.instrumentation as instrument
     from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
     from llama_index.core.base.llms.generic_utils import completion_response_to_chat_response as _chat_response
     from llama_index.core.base.llms.generic_utils import stream_completion_response_to_chat_response as _chat_responses
-    from llama_index.core.base.llms.types import ChatMessage, ChatResponse, ChatResponseGen, LLMMetadata
-    from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen
+    from llama_index.core.base.llms.types import (
+        ChatMessage,
+        ChatResponse,
+        ChatResponseGen,
+        CompletionResponse,
+        CompletionResponseGen,
+        LLMMetadata,
+    )
     from llama_index.core.base.response.schema import RESPONSE_TYPE, AsyncStreamingResponse, Response, StreamingResponse
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
@@ -44,15 +44,17 @@ try:
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.response_synthesizers import BaseSynthesizer
     from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, QueryType
+    from llama_index.core.utils import get_tokenizer
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "the LlamaIndex integration needs llama-index-core: pip install 'e2llm-plugin[llama-index]'"
     ) from err
 
-from ..config import MODES
+from ..config import check_mode
 from ..context import CompressedContext
 from ..errors import DocumentError, E2LLMError
 from ..model import E2LLM, Answer
+from .common import ContextCache, load_model
 
 __all__ = [
     "E2LLMQueryEngine",
@@ -63,19 +65,11 @@ __all__ = [
 ]
 
 dispatcher = instrument.get_dispatcher(__name__)
+get_tokenizer()  # points TIKTOKEN_CACHE_DIR at the files llama-index-core ships: stats then count cl100k tokens offline
 logger = logging.getLogger(__name__)
 
 #: Nodes a vector index hands over by default: far more than fit a small text LLM's prompt, a few hundred soft tokens.
 DEFAULT_TOP_K = 64
-
-
-def _load(model) -> E2LLM:
-    """An `E2LLM` as given, or loaded from a checkpoint directory or Hub id (None: the shipped checkpoint)."""
-    if isinstance(model, E2LLM):
-        return model
-    if model is None or isinstance(model, (str, os.PathLike)):
-        return E2LLM.from_pretrained(model)
-    raise E2LLMError(f"model must be an E2LLM, a checkpoint directory or a Hub repo id, got {type(model).__name__}")
 
 
 def _bundle(query: QueryType) -> QueryBundle:
@@ -102,8 +96,9 @@ class E2LLMCustomLLM(CustomLLM):
     _model: E2LLM = PrivateAttr()
 
     def __init__(self, model=None, **kwargs: Any) -> None:
-        """model: an `E2LLM`, a checkpoint directory or a Hub repo id; None loads the shipped checkpoint."""
-        e2llm = _load(model)
+        """model: an `E2LLM`, or a checkpoint directory or Hub repo id (None: the shipped checkpoint), loaded once per
+        process (`integrations.common.load_model`)."""
+        e2llm = load_model(model)
         kwargs.setdefault("max_new_tokens", e2llm.config.max_new_tokens)
         super().__init__(**kwargs)
         self._model = e2llm
@@ -120,7 +115,7 @@ class E2LLMCustomLLM(CustomLLM):
     def metadata(self) -> LLMMetadata:
         # A chat model, so LlamaIndex's predict() formats prompts as messages (the decoder's chat template).
         return LLMMetadata(
-            context_window=self._model.decoder.max_tokens,
+            context_window=self._model.context_window,
             num_output=self.max_new_tokens,
             is_chat_model=True,
             model_name=self._model.config.decoder,
@@ -153,27 +148,27 @@ class E2LLMCustomLLM(CustomLLM):
 
     def _responses(self, turns: list[dict], stop: list[str] | None) -> Iterator[CompletionResponse]:
         """Cumulative responses, one per text piece; the last one carries the token usage. Checks run right away."""
-        decoder = self._model.decoder
         try:
-            with torch.inference_mode():
-                prompt = decoder.chat_prompt(turns, self.max_new_tokens)
-        except E2LLMError:  # the prompt does not fit
+            answer = self._model.chat(turns, max_new_tokens=self.max_new_tokens, stop=stop)
+        except E2LLMError as err:
+            if "reads at most" not in str(err):
+                raise
             raise E2LLMError(
-                f"the prompt (+{self.max_new_tokens} tokens to generate) does not fit the decoder's {decoder.max_tokens} "
+                f"the prompt (+{self.max_new_tokens} tokens to generate) does not fit the decoder's {self._model.context_window} "
                 "positions; E2LLMCustomLLM does not compress, use E2LLMQueryEngine for long documents"
             ) from None
-        return self._pieces(decoder.stream_text(prompt, self.max_new_tokens, stop), prompt.num_tokens)
+        return self._pieces(answer)
 
-    def _pieces(self, pieces: Iterator[str], prompt_tokens: int) -> Iterator[CompletionResponse]:
+    @staticmethod
+    def _pieces(answer: Answer) -> Iterator[CompletionResponse]:
         # Held back by one piece, so that the last response can carry the usage once the count is known.
-        text, pending = "", None
-        for piece in pieces:
-            text += piece
+        pending = None
+        for piece in answer:
             if pending is not None:
                 yield pending
-            pending = CompletionResponse(text=text, delta=piece)
+            pending = CompletionResponse(text=answer.text, delta=piece)
         last = pending or CompletionResponse(text="", delta="")
-        last.raw = {"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": self._model.decoder.count_tokens(text)}}
+        last.raw = {"usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}}
         yield last
 
 
@@ -189,7 +184,7 @@ class E2LLMEmbedding(BaseEmbedding):
     _model: E2LLM = PrivateAttr()
 
     def __init__(self, model=None, **kwargs: Any) -> None:
-        e2llm = _load(model)
+        e2llm = load_model(model)
         kwargs.setdefault("model_name", e2llm.config.encoder)
         super().__init__(**kwargs)
         self._model = e2llm
@@ -199,7 +194,7 @@ class E2LLMEmbedding(BaseEmbedding):
         return "E2LLMEmbedding"
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._model.encoder.embed_for_retrieval(list(texts)).tolist()
+        return self._model.embed(list(texts)).tolist()
 
     def _get_text_embedding(self, text: str) -> Embedding:
         return self._get_text_embeddings([text])[0]
@@ -248,8 +243,9 @@ class E2LLMSynthesizer(BaseSynthesizer):
     ``index.as_query_engine(llm=synth.llm, response_synthesizer=synth)`` (``llm=`` only keeps LlamaIndex from
     resolving its default OpenAI LLM; E2LLM does the answering).
 
-    Each node's text is compressed once and cached by its SHA-256, so the next question over the same nodes
-    encodes nothing. Nodes without text are skipped and listed in ``metadata["e2llm"]["skipped_nodes"]``.
+    Each node's text is compressed once and cached by its SHA-256 (`integrations.common.ContextCache`), so the next
+    question over the same nodes encodes nothing. Nodes without text are skipped and listed in
+    ``metadata["e2llm"]["skipped_nodes"]``.
     """
 
     def __init__(
@@ -263,20 +259,16 @@ class E2LLMSynthesizer(BaseSynthesizer):
         max_cached_nodes: int = 10_000,
         callback_manager: CallbackManager | None = None,
     ) -> None:
-        """model: an `E2LLM`, a checkpoint directory or a Hub repo id (None: the shipped checkpoint).
+        """model: an `E2LLM`, or a checkpoint directory or Hub repo id (None: the shipped checkpoint), loaded once per
+        process (`integrations.common.load_model`).
         mode: "soft", "hybrid" or "rag" (default: the model's). max_cached_nodes bounds the compression cache (LRU).
         """
-        if mode is not None and mode not in MODES:
-            raise E2LLMError(f"unknown mode {mode!r}; choose one of {MODES}")
-        self._model = _load(model)
-        self._mode = mode
+        self._model = load_model(model)
+        self._mode = check_mode(mode)
         self._max_new_tokens = max_new_tokens
         self._stop = stop
         self._show_progress = show_progress
-        self._max_cached_nodes = max_cached_nodes
-        self._cache: OrderedDict[str, CompressedContext] = OrderedDict()
-        self._last: tuple[tuple[str, ...], CompressedContext] | None = None
-        self._lock = threading.Lock()
+        self._cache = ContextCache(self._model, max_cached_nodes)
         super().__init__(llm=E2LLMCustomLLM(self._model), callback_manager=callback_manager, streaming=streaming)
 
     @property
@@ -288,9 +280,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
         return self._llm
 
     def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-            self._last = None
+        self._cache.clear()
 
     # E2LLM's prompt is fixed by its training, so there are no LlamaIndex prompt templates to expose.
     def _get_prompts(self) -> dict:
@@ -300,39 +290,20 @@ class E2LLMSynthesizer(BaseSynthesizer):
         pass
 
     # ---- compression, cached per node ----------------------------------------------------------------------
-    def _context(self, texts: list[str]) -> tuple[CompressedContext, int]:
-        """The context for these node texts, and how many of them had to be compressed now."""
-        keys = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
-        with self._lock:
-            if self._last is not None and self._last[0] == tuple(keys):
-                # Same nodes as last time (a SummaryIndex): reuse the joined context and its retrieval embeddings.
-                return self._last[1], 0
-            found = {k: self._cache[k] for k in keys if k in self._cache}
-            for k in found:
-                self._cache.move_to_end(k)
-        missing = {k: t for k, t in zip(keys, texts) if k not in found}
-        if missing:
-            serialized = {EventPayload.SERIALIZED: {"model": "E2LLM"}}
-            with self.callback_manager.event(CBEventType.EMBEDDING, payload=serialized) as event:
-                # One call for all the new nodes: their chunks are encoded in shared batches.
-                fresh = dict(zip(missing, self._model.compress_each(list(missing.values()), show_progress=self._show_progress)))
-                # TokenCountingHandler counts these as embedding tokens: compression is the encoder's pass.
-                event.on_end(payload={EventPayload.CHUNKS: [c.text for ctx in fresh.values() for c in ctx.chunks]})
-            found.update(fresh)
-        context = CompressedContext.concat([found[k] for k in keys])
-        with self._lock:
-            self._cache.update((k, found[k]) for k in missing)
-            while len(self._cache) > self._max_cached_nodes:
-                self._cache.popitem(last=False)
-            self._last = (tuple(keys), context)
-        return context, len(missing)
+    def _compress_each(self, texts: list[str]) -> list[CompressedContext]:
+        """Compress new node texts, reported as an embedding event: compression is the encoder's pass, and
+        TokenCountingHandler counts the chunks as embedding tokens."""
+        with self.callback_manager.event(CBEventType.EMBEDDING, payload={EventPayload.SERIALIZED: {"model": "E2LLM"}}) as event:
+            fresh = self._model.compress_each(texts, show_progress=self._show_progress)
+            event.on_end(payload={EventPayload.CHUNKS: [c.text for ctx in fresh for c in ctx.chunks]})
+        return fresh
 
     def _read(self, question: str, texts: list[str]) -> _Reading:
         """Compress (or fetch) the texts and prepare the decoder's answer; nothing is generated yet."""
         question = E2LLM.check_question(question)
         if not texts:
             raise E2LLMError("nothing to read: no node with text was retrieved")
-        context, compressed = self._context(texts)
+        context, compressed = self._cache.get(texts, self._compress_each)
         answer = self._model.answer(question, context=context, mode=self._mode,
                                     max_new_tokens=self._max_new_tokens, stop=self._stop)
         stats = context.stats()
@@ -423,7 +394,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
     def _response(self, result, reading: _Reading, kept: list[NodeWithScore], skipped: list[str],
                   additional_source_nodes: Sequence[NodeWithScore] | None) -> RESPONSE_TYPE:
         """A Response (or streaming one) whose sources are the nodes read, scored where the mode ranks chunks."""
-        sources = [n if s is None else NodeWithScore(node=n.node, score=s) for n, s in zip(kept, reading.scores)]
+        sources = [n if s is None else NodeWithScore(node=n.node, score=s) for n, s in zip(kept, reading.scores, strict=True)]
         sources += list(additional_source_nodes or [])
         stats = reading.stats
         stats["skipped_nodes"] = skipped
@@ -477,7 +448,7 @@ class E2LLMQueryEngine(RetrieverQueryEngine):
 
     @classmethod
     def from_documents(cls, documents, model=None, streaming: bool = False, mode: str | None = None, *,
-                       transformations=None, show_progress: bool = False, **kwargs: Any) -> "E2LLMQueryEngine":
+                       transformations=None, show_progress: bool = False, **kwargs: Any) -> E2LLMQueryEngine:
         """An engine reading all of `documents` (LlamaIndex `Document`s), through a `SummaryIndex`.
 
         transformations default to a `SentenceSplitter` without overlap: E2LLM reads every node anyway, so an
@@ -493,7 +464,7 @@ class E2LLMQueryEngine(RetrieverQueryEngine):
     def from_index(cls, index, model=None, streaming: bool = False, mode: str | None = None, *,
                    show_progress: bool = False, max_new_tokens: int | None = None, stop: list[str] | None = None,
                    node_postprocessors=None, callback_manager: CallbackManager | None = None,
-                   **retriever_kwargs: Any) -> "E2LLMQueryEngine":
+                   **retriever_kwargs: Any) -> E2LLMQueryEngine:
         """An engine over any index: E2LLM reads whatever `index.as_retriever(**retriever_kwargs)` returns."""
         if not isinstance(index, BaseIndex):
             raise E2LLMError(f"from_index needs a LlamaIndex index (a SummaryIndex, say), got {type(index).__name__}")

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chunking import Chunk
-from ..decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION
 from ..errors import E2LLMError
+from ..tasks import Task, restate_task
 
 
 class DataError(E2LLMError):
@@ -33,17 +32,6 @@ class Record:
     context: list[str]
     prompt: str | None = None  # None for understanding-only lines
     answer: str | None = None
-
-
-@dataclass
-class Task:
-    """One training target: the decoder restates chunks (understanding) or answers (reasoning) from soft tokens."""
-
-    kind: str  # "understanding" | "reasoning"
-    chunks: list[Chunk]
-    instruction: str
-    target: str
-    question: str | None = None  # reasoning only: used to pick raw passages in hybrid mode
 
 
 def parse_line(line: str, where: str) -> Record:
@@ -111,16 +99,14 @@ class JsonlDataset:
         return np.random.default_rng([seed, epoch]).permutation(len(self))
 
 
-def make_tasks(record: Record, chunker, rng: random.Random, understanding_ratio: float, window_chunks: int) -> list[Task]:
-    """The paper's two tasks from one record. Text-only records always give an understanding task."""
-    chunks = chunker.split(record.context)
+def make_tasks(record: Record, model, rng: random.Random, understanding_ratio: float, window_chunks: int) -> list[Task]:
+    """The paper's two tasks from one record, chunked by `model`. Text-only records always give an understanding task."""
+    chunks = model.chunk(record.context)
     tasks = []
     if record.prompt is not None:
-        tasks.append(Task("reasoning", chunks, ANSWER_INSTRUCTION.format(question=record.prompt), record.answer, record.prompt))
+        tasks.append(Task("reasoning", chunks, record.answer, record.prompt))
     if record.prompt is None or rng.random() < understanding_ratio:
-        start = rng.randrange(max(1, len(chunks) - window_chunks + 1))
-        window = chunks[start : start + window_chunks]
-        target = "".join(c.text for c in window).strip()
-        if target:
-            tasks.append(Task("understanding", window, RESTATE_INSTRUCTION, target))
+        restate = restate_task(chunks, rng, window_chunks)
+        if restate is not None:
+            tasks.append(restate)
     return tasks

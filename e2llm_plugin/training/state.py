@@ -1,22 +1,22 @@
 """Resumable training state without pickle: tensors in safetensors, everything else in JSON.
 
 A checkpoint directory is a normal `E2LLM.from_pretrained` checkpoint plus `training_state.safetensors` (optimizer
-moments, RNG) and `training_state.json` (step, data position, scheduler, losses). It is written to a temporary
-directory and renamed into place, so a run killed mid-save leaves the previous checkpoint intact.
+moments, RNG) and `training_state.json` (step, data position, scheduler, losses), written by `files.write_directory`,
+so a run killed mid-save leaves the previous checkpoint intact and no half-written one behind.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..files import recover, write_directory
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -48,23 +48,15 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 
 
 def save_checkpoint(model, optimizer, scheduler, info: dict, directory: Path, keep: int = 2) -> Path:
-    """Write `directory/step-N` atomically and keep only the newest `keep` of them."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write `directory/step-N` (its state JSON last: it marks the save complete) and keep only the newest `keep`."""
     final = directory / f"step-{info['step']:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
-    try:
-        model.save_pretrained(tmp)
+    with write_directory(final, marker=STATE_JSON) as staging:
+        model.save_pretrained(staging)
         tensors, meta = optimizer_to_flat(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
-        save_file(tensors, tmp / STATE_TENSORS)
+        save_file(tensors, staging / STATE_TENSORS)
         meta.update(info, scheduler=scheduler.state_dict(), python_rng=_jsonable(random.getstate()))
-        (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (staging / STATE_JSON).write_text(json.dumps(meta, indent=1))
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -83,9 +75,18 @@ def load_checkpoint(model, optimizer, scheduler, path: Path) -> dict:
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete saves, oldest first. What a killed save left behind is finished if it can be, else removed."""
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / STATE_JSON).exists()]
+    found = []
+    for path in directory.iterdir():
+        if not (match := _STEP_DIR.match(path.name)) or not path.is_dir():
+            continue
+        recover(path, STATE_JSON)
+        if (path / STATE_JSON).exists():
+            found.append((int(match.group(1)), path))
+        else:  # a save killed before its files were complete: nothing in it can be resumed from
+            shutil.rmtree(path, ignore_errors=True)
     return [p for _, p in sorted(found)]
 
 

@@ -15,12 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from ..context import CompressedContext
-from ..decoder import RESTATE_INSTRUCTION
 from ..model import E2LLM
-from .data import JsonlDataset, Task, make_tasks
+from ..tasks import Task
+from .data import JsonlDataset, make_tasks
 from .state import list_checkpoints, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("e2llm_plugin.finetune")
@@ -57,25 +55,6 @@ class TrainingArgs:
     config_overrides: dict = field(default_factory=dict)
 
 
-class _Trainable(nn.Module):
-    """What DDP wraps: one forward = the weighted loss of one task."""
-
-    def __init__(self, model: E2LLM, mode: str):
-        super().__init__()
-        self.model, self.mode = model, mode
-
-    def forward(self, task: Task) -> torch.Tensor:
-        m = self.model
-        if task.kind == "reasoning":
-            soft = None if self.mode == "rag" else m.soft_tokens([c.text for c in task.chunks])  # rag reads raw text only
-            ctx = CompressedContext(task.chunks, soft, num_documents=1, num_source_tokens=0)
-            prompt, _ = m.prompt(task.question, ctx, self.mode, target=task.target)
-        else:
-            soft = m.soft_tokens([c.text for c in task.chunks])
-            prompt = m.decoder.build_prompt(soft.reshape(-1, soft.shape[-1]), RESTATE_INSTRUCTION, target=task.target)
-        return m.decoder.loss(prompt)
-
-
 class Trainer:
     def __init__(self, model: E2LLM, args: TrainingArgs, accelerator):
         self.model, self.args, self.acc = model, args, accelerator
@@ -89,15 +68,14 @@ class Trainer:
         self.total_steps = args.max_steps or max(1, math.ceil(args.epochs * self.steps_per_epoch))
 
         model.train()
-        params = [p for n, p in model.named_parameters() if n in model.trained_state_dict()]
-        for p in params:
-            p.requires_grad_(True)
+        params = model.trainable_parameters()
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
         from transformers import get_cosine_schedule_with_warmup
 
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, min(args.warmup_steps, self.total_steps // 2), self.total_steps)
-        self.trainable = accelerator.prepare(_Trainable(model, args.mode))
+        warmup = min(args.warmup_steps, self.total_steps // 2)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
+        self.trainable = accelerator.prepare(model)  # DDP where distributed; its forward is the model's loss
         self.step = 0
         self.saved_step = -1
         self.cursor = 0  # examples consumed, counted globally across ranks
@@ -112,7 +90,7 @@ class Trainer:
         rng = random.Random(f"{self.args.seed}-{cursor}")
         # A text-RAG decoder has no soft tokens to learn to restate; its data holds QA lines only (see __init__).
         ratio = 0.0 if self.args.mode == "rag" else self.args.understanding_ratio
-        tasks = make_tasks(record, self.model.chunker, rng, ratio, self.args.window_chunks)
+        tasks = make_tasks(record, self.model, rng, ratio, self.args.window_chunks)
         kept = [t for t in tasks if len(t.chunks) <= self.args.max_chunks]
         self.skipped += len(tasks) - len(kept)
         return kept
@@ -134,7 +112,7 @@ class Trainer:
             # Only the last backward of the step synchronises gradients across processes.
             sync = i == len(micro) - 1
             with (contextlib.nullcontext() if sync else acc.no_sync(self.trainable)), acc.autocast():
-                loss = self.trainable(task)
+                loss = self.trainable(task, args.mode)
             acc.backward(loss * self._weight(task.kind) / total_weight)
             losses[task.kind].append(loss.item())
         if not micro:  # every task of this step was too long: keep ranks in step with a zero-gradient sync
@@ -158,7 +136,7 @@ class Trainer:
         for position in range(min(self.args.eval_examples, len(self.eval_set))):
             for task in self._tasks(self.eval_set, position, shuffle=False):
                 with self.acc.autocast():
-                    losses[task.kind].append(self.acc.unwrap_model(self.trainable)(task).item())
+                    losses[task.kind].append(self.model(task, self.args.mode).item())
         self.model.train()
         return {f"eval_loss_{k}": sum(v) / len(v) for k, v in losses.items() if v}
 
@@ -176,8 +154,10 @@ class Trainer:
 
     def save(self) -> None:
         if self.acc.is_main_process:
-            info = {"step": self.step, "cursor": self.cursor, "skipped": self.skipped, "history": self.history[-50:], "args": asdict(self.args)}
-            save_checkpoint(self.model, self.optimizer, self.scheduler, info, self.output / "checkpoints", self.args.keep_checkpoints)
+            info = {"step": self.step, "cursor": self.cursor, "skipped": self.skipped, "history": self.history[-50:],
+                    "args": asdict(self.args)}
+            directory = self.output / "checkpoints"
+            save_checkpoint(self.model, self.optimizer, self.scheduler, info, directory, self.args.keep_checkpoints)
         self.saved_step = self.step
         self.acc.wait_for_everyone()
 
@@ -193,7 +173,8 @@ class Trainer:
         args, acc = self.args, self.acc
         start = time.monotonic()
         deadline = start + args.time_budget_min * 60 if args.time_budget_min else None
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="finetune", disable=not acc.is_main_process, dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="finetune", disable=not acc.is_main_process,
+                   dynamic_ncols=True)
         running: dict[str, float] = {}
         stopped_early = False
         examples_done = 0

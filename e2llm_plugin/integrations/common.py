@@ -1,0 +1,88 @@
+"""What both integrations share, so they behave alike: which model a `model=` argument means, and how compressed
+documents are remembered between questions.
+
+- `load_model(model)`: an `E2LLM` is used as given; a checkpoint directory, a Hub repo id or None (the shipped
+  checkpoint) is loaded once per process and shared by every engine, synthesizer and chat model that names it
+  (loading takes seconds and each copy holds both base models).
+- `ContextCache`: each document (a node's text, a LangChain Document, a long chat message) is compressed once and
+  remembered by the SHA-256 of its text, least recently used first out; documents asked about together are joined
+  into one context, which is remembered too, so follow-up questions over the same documents encode nothing and
+  rank chunks with embeddings already computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+
+from ..context import CompressedContext
+from ..errors import E2LLMError
+from ..model import E2LLM
+
+_models: dict[str, E2LLM] = {}
+_models_lock = threading.Lock()
+
+
+def check_model_argument(model) -> None:
+    """Refuse what `load_model` cannot load, without loading anything (for lazy integrations)."""
+    if not (model is None or isinstance(model, (E2LLM, str, os.PathLike))):
+        raise E2LLMError(f"model must be an E2LLM, a checkpoint directory or a Hub repo id, got {type(model).__name__}")
+
+
+def load_model(model) -> E2LLM:
+    """An `E2LLM` as given; a checkpoint directory or Hub id (None: the shipped checkpoint) loaded once per process."""
+    check_model_argument(model)
+    if isinstance(model, E2LLM):
+        return model
+    key = str(model)
+    with _models_lock:
+        if key not in _models:
+            _models[key] = E2LLM.from_pretrained(model)
+        return _models[key]
+
+
+class ContextCache:
+    """Compressed documents by content hash, at most `max_documents` of them (LRU); thread-safe."""
+
+    def __init__(self, model: E2LLM, max_documents: int = 10_000):
+        if not isinstance(max_documents, int) or max_documents < 1:
+            raise E2LLMError(f"max_documents must be a positive integer, got {max_documents!r}")
+        self.model, self.max_documents = model, max_documents
+        self._documents: OrderedDict[str, CompressedContext] = OrderedDict()
+        self._joined: tuple[tuple[str, ...], CompressedContext] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, texts: list[str], compress_each=None) -> tuple[CompressedContext, int]:
+        """The context for these documents, and how many of them had to be compressed now.
+
+        `compress_each(texts) -> list[CompressedContext]` compresses the new ones (default: the model's `compress_each`
+        without a progress bar); an integration wraps it to report compression to its callbacks."""
+        keys = tuple(hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts)
+        with self._lock:
+            if self._joined is not None and self._joined[0] == keys:
+                return self._joined[1], 0
+            found = {k: self._documents[k] for k in keys if k in self._documents}
+            for k in found:
+                self._documents.move_to_end(k)
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+        if missing:
+            compress_each = compress_each or (lambda new: self.model.compress_each(new, show_progress=False))
+            # One call for all the new documents: their chunks are encoded in shared batches.
+            found.update(zip(missing, compress_each(list(missing.values())), strict=True))
+        context = CompressedContext.concat([found[k] for k in keys])
+        with self._lock:
+            self._documents.update((k, found[k]) for k in missing)
+            while len(self._documents) > self.max_documents:
+                self._documents.popitem(last=False)
+            self._joined = (keys, context)
+        return context, len(missing)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._documents.clear()
+            self._joined = None
+
+    def __len__(self) -> int:
+        return len(self._documents)
