@@ -78,24 +78,22 @@ class Decoder(nn.Module):
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False, split_special_tokens=True)["input_ids"])
 
     # ---- prompt ---------------------------------------------------------------------------------------------
-    def _encode_chat(self, messages: list[dict], slot_in_last: str | None = None) -> list[torch.Tensor]:
-        """Token ids of the chat rendered in the decoder's template, cut where the soft tokens go (if `slot_in_last`).
+    def _encode_chat(self, messages: list[dict], around_slot: tuple[str, str] | None = None) -> list[torch.Tensor]:
+        """Token ids of the chat rendered in the decoder's template, cut where the soft tokens go.
 
-        `slot_in_last` is the last message's content with `{slot}` where the soft tokens go. Everything in the messages
-        is user text: it is rendered through placeholders the text cannot contain, so no document or question can move
-        the slot, and it is tokenized so that the template's control strings (<|im_end|>, ...) inside it stay text.
+        `around_slot`: the last user turn's text before and after the soft tokens (the turn is appended). All message
+        text is user text: it is rendered through placeholders no text can contain, so no document or question can move
+        the slot, and tokenized so that the template's control strings (<|im_end|>, ...) inside it stay plain text.
         """
         key = uuid.uuid4().hex  # unguessable: no text can contain these placeholders
         holder = "\ue000" + key + "{}\ue001"
         texts = [m["content"] for m in messages]
-        rendered_messages = [{"role": m["role"], "content": holder.format(i)} for i, m in enumerate(messages)]
-        if slot_in_last is not None:
-            before, after = slot_in_last.split("{slot}")
-            texts[-1:] = [before, after]
-            last = len(messages) - 1
-            rendered_messages[-1]["content"] = holder.format(last) + holder.format("slot") + holder.format(last + 1)
-        rendered = self._render(rendered_messages)
-        parts = re.split("\ue000" + key + "(\\w+)\ue001", rendered)  # template, name, template, name, ..., template
+        turns = [{"role": m["role"], "content": holder.format(i)} for i, m in enumerate(messages)]
+        if around_slot is not None:
+            texts += around_slot
+            n = len(messages)
+            turns.append({"role": "user", "content": holder.format(n) + holder.format("slot") + holder.format(n + 1)})
+        parts = re.split("\ue000" + key + "(\\w+)\ue001", self._render(turns))  # template, name, template, ...
         pieces: list[list[tuple[str, bool]]] = [[]]  # (text, is_user) runs; a new run starts at the slot
         for i, part in enumerate(parts):
             if i % 2 == 0:
@@ -131,12 +129,9 @@ class Decoder(nn.Module):
         """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given.
 
         The paper's prompt is the last user turn, as in training; earlier chat turns (system included) come first."""
-        content = "Given the contexts: {slot}"
-        if raw:
-            content += f" Relevant passages:\n{raw}\n"
-        content += f" Please follow the instruction: {instruction}"
-        turns = [*(history or []), {"role": "user", "content": content}]
-        prefix_ids, suffix_ids = self._encode_chat(turns, slot_in_last=content)
+        after = f" Relevant passages:\n{raw}\n" if raw else ""
+        after += f" Please follow the instruction: {instruction}"
+        prefix_ids, suffix_ids = self._encode_chat(list(history or []), around_slot=("Given the contexts: ", after))
         embed = self.model.get_input_embeddings()
         target_ids = prefix_ids[:0]
         if target is not None:
