@@ -64,12 +64,21 @@ class LoraConfig:
         if self.r > 0 and not self.targets:
             raise ConfigError("LoRA targets are empty: name the modules to adapt (e.g. ['q_proj', 'v_proj']) or set r=0")
 
-    def peft(self, **extra: Any):
-        """The equivalent `peft.LoraConfig`."""
+    def apply(self, model, role: str, **extra: Any):
+        """`model` with these LoRA adapters (peft), or as it is for r = 0; targets it lacks are a ConfigError."""
+        if self.r == 0:
+            return model
         from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
 
-        return PeftLoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(self.targets), lora_dropout=self.dropout,
-                              **extra)
+        peft_config = PeftLoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=list(self.targets),
+                                     lora_dropout=self.dropout, **extra)
+        try:
+            return get_peft_model(model, peft_config)
+        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+            names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name})
+            raise ConfigError(f"{role}_lora targets {self.targets} do not fit the {role} ({err}); name modules of this "
+                              f"model (e.g. {names[:8]})") from None
 
 
 def _decoder_lora() -> LoraConfig:

@@ -4,12 +4,38 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from .chunking import Chunk
+from .chunking import Chunk, unknown_share
+
+
+class PrefixCache:
+    """Decoder KV caches of prompt prefixes ([template · soft tokens]) over one context, by content: a question asked
+    again over the same context prefills only its own tokens. A few are kept (a prefix per history, say), LRU."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._caches: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            if key in self._caches:
+                self._caches.move_to_end(key)
+            return self._caches.get(key)
+
+    def put(self, key, cache) -> None:
+        with self._lock:
+            self._caches[key] = cache
+            while len(self._caches) > self.size:
+                self._caches.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._caches)
 
 
 @dataclass
@@ -21,6 +47,7 @@ class CompressedContext:
     num_source_tokens_cl100k: int | None = None  # the same in OpenAI's cl100k tokens, where tiktoken's files exist
     # Unit-length sentence embeddings of the chunks, computed on first use by hybrid reading.
     retrieval_embeddings: torch.Tensor | None = field(default=None, repr=False)
+    prefix_cache: PrefixCache = field(default_factory=PrefixCache, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def ensure_retrieval_embeddings(self, embed: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
@@ -39,6 +66,11 @@ class CompressedContext:
         return 0 if self.soft_tokens is None else self.soft_tokens.shape[0] * self.soft_tokens.shape[1]
 
     @property
+    def unknown_share(self) -> float:
+        """Share of the text the encoder read as its unknown token (scripts or strings its vocabulary lacks)."""
+        return unknown_share(self.chunks)
+
+    @property
     def compression_ratio(self) -> float:
         """Source decoder tokens per soft token the decoder actually reads."""
         return self.num_source_tokens / max(1, self.num_soft_tokens)
@@ -50,6 +82,7 @@ class CompressedContext:
             "soft_tokens": self.num_soft_tokens,
             "source_tokens": self.num_source_tokens,
             "compression_ratio": round(self.compression_ratio, 2),
+            "unknown_share": round(self.unknown_share, 4),
         }
         if self.num_source_tokens_cl100k is not None:
             stats["source_tokens_cl100k"] = self.num_source_tokens_cl100k

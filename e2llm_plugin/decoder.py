@@ -9,6 +9,8 @@ Generation runs from `inputs_embeds` with a KV cache: greedy by default, one tok
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from .config import LoraConfig
+from .context import PrefixCache
 from .embedded import load_base
 from .errors import E2LLMError
 
@@ -31,6 +34,8 @@ class Prompt:
 
     embeds: torch.Tensor
     labels: torch.Tensor | None = None
+    # The first positions, [template · soft tokens], do not depend on the question: their KV cache can be reused.
+    prefix_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -45,12 +50,9 @@ class Decoder(nn.Module):
         self.tokenizer = load_base(AutoTokenizer, name_or_path, "decoder", trust_remote_code=trust_remote_code)
         model = load_base(AutoModelForCausalLM, name_or_path, "decoder", trust_remote_code=trust_remote_code, dtype=torch.float32)
         model.requires_grad_(False)
-        if lora.r > 0:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, lora.peft(task_type="CAUSAL_LM"))
-        self.model = model
+        self.model = lora.apply(model, "decoder", task_type="CAUSAL_LM")
         self.has_lora = lora.r > 0
+        self.lora_active = self.has_lora  # False while E2LLM.base_decoder() reads without it
         self.dim = model.config.hidden_size
         self.max_tokens = getattr(model.config, "max_position_embeddings", None) or 2048
         self.stop_ids = self._stop_ids(model)
@@ -125,8 +127,9 @@ class Decoder(nn.Module):
         return self.model.get_input_embeddings()(ids[:max_tokens] if max_tokens is not None else ids)
 
     def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None,
-                     max_new_tokens: int = 0, history: list[dict] | None = None) -> Prompt:
+                     max_new_tokens: int = 0, history: list[dict] | None = None, cacheable: bool = False) -> Prompt:
         """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given.
+        `cacheable`: mark [template · soft] as a prefix whose KV cache `generate_ids` may reuse across questions.
 
         The paper's prompt is the last user turn, as in training; earlier chat turns (system included) come first."""
         after = f" Relevant passages:\n{raw}\n" if raw else ""
@@ -144,7 +147,7 @@ class Decoder(nn.Module):
         if target is not None:
             labels = torch.full(embeds.shape[:2], -100, dtype=torch.long, device=self.device)
             labels[0, embeds.shape[1] - len(target_ids) :] = target_ids
-        return Prompt(embeds, labels)
+        return Prompt(embeds, labels, prefix_tokens=len(prefix_ids) + len(soft) if cacheable else 0)
 
     def chat_prompt(self, messages: list[dict], max_new_tokens: int = 0) -> Prompt:
         """A plain chat prompt, no soft tokens: the decoder as an ordinary chat model."""
@@ -165,10 +168,14 @@ class Decoder(nn.Module):
 
     # ---- generation -----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate_ids(self, prompt: Prompt, max_new_tokens: int) -> Iterator[int]:
-        """Greedy decoding with a KV cache; yields token ids until a stop token or the limit."""
+    def generate_ids(self, prompt: Prompt, max_new_tokens: int, prefix_cache: PrefixCache | None = None) -> Iterator[int]:
+        """Greedy decoding with a KV cache; yields token ids until a stop token or the limit.
+
+        A prompt with a cacheable prefix is prefilled in two steps, prefix then the rest, whether or not `prefix_cache`
+        already holds the prefix's KV cache: so a reused prefix gives exactly the answer a fresh one gives."""
+        cache, rest = self._prefix(prompt, prefix_cache)
         # logits_to_keep=1: the prefill needs the next-token logits only, not (L x vocab) of them.
-        out = self.model(inputs_embeds=prompt.embeds, use_cache=True, logits_to_keep=1)
+        out = self.model(inputs_embeds=rest, cache=cache, use_cache=True, logits_to_keep=1)
         for _ in range(max_new_tokens):
             token = int(out.logits[0, -1].argmax())
             if token in self.stop_ids:
@@ -177,13 +184,30 @@ class Decoder(nn.Module):
             ids = torch.tensor([[token]], device=self.device)
             out = self.model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
 
-    def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None) -> Iterator[str]:
+    def _prefix(self, prompt: Prompt, prefix_cache: PrefixCache | None):
+        """The KV cache after the prompt's prefix (a private copy: decoding extends it) and the embeddings after it."""
+        n = prompt.prefix_tokens
+        if n == 0:
+            return None, prompt.embeds
+        prefix = prompt.embeds[:, :n]
+        # By content and LoRA state: the same template and soft tokens read by the same weights.
+        key = (hashlib.sha256(prefix.detach().to("cpu", torch.float32).numpy().tobytes()).hexdigest(), self.lora_active)
+        cache = prefix_cache.get(key) if prefix_cache is not None else None
+        if cache is None:
+            cache = self.model(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).cache
+            if prefix_cache is not None:
+                prefix_cache.put(key, copy.deepcopy(cache))
+            return cache, prompt.embeds[:, n:]
+        return copy.deepcopy(cache), prompt.embeds[:, n:]
+
+    def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None,
+                    prefix_cache: PrefixCache | None = None) -> Iterator[str]:
         """Text pieces whose concatenation is the answer; ends early at the first `stop` string (not included)."""
         stop = [s for s in (stop or []) if s]
         ids: list[int] = []
         emitted = 0  # characters already yielded
         text = ""
-        for token in self.generate_ids(prompt, max_new_tokens):
+        for token in self.generate_ids(prompt, max_new_tokens, prefix_cache):
             ids.append(token)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest

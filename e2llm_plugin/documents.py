@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DocumentError
+from .errors import SURROGATE, DocumentError
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+# Besides its own errors, pypdf raises these on malformed files (NotImplementedError: a filter or encryption it lacks).
+_PDF_FAILURES = (ValueError, OSError, KeyError, TypeError, RecursionError, ZeroDivisionError, AssertionError, NotImplementedError)
 
 
 @dataclass
@@ -21,9 +23,9 @@ class LoadedFile:
 
 
 def read_pdf_pages(path: str | Path) -> list[str]:
-    """Text of every page. Raises `DocumentError` for unreadable, encrypted or text-less (scanned) PDFs."""
+    """Text of every page. Raises `DocumentError` for unreadable, encrypted, oversized or text-less (scanned) PDFs."""
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import DependencyError, LimitReachedError, PyPdfError
 
     path = Path(path)
     try:
@@ -36,11 +38,18 @@ def read_pdf_pages(path: str | Path) -> list[str]:
                 raise DocumentError(f"{path} is encrypted and could not be decrypted ({err}); save an unencrypted copy") from None
             if not ok:
                 raise DocumentError(f"{path} is encrypted with a password; save an unencrypted copy first")
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except (PdfReadError, ValueError, OSError) as err:
-        if isinstance(err, DocumentError):
-            raise
-        raise DocumentError(f"{path} is not a readable PDF ({err})") from None
+        # pypdf passes lone surrogates through from a font's broken ToUnicode map: the PDF's fault, not the reader's.
+        pages = [SURROGATE.sub("\ufffd", page.extract_text() or "") for page in reader.pages]
+    except DocumentError:
+        raise
+    except DependencyError as err:  # AES encryption or Brotli compression, without the package pypdf needs for it
+        raise DocumentError(f"{path} needs a package that is not installed ({err}); install it and try again") from None
+    except LimitReachedError as err:
+        raise DocumentError(f"{path} expands past pypdf's safety limits ({err}), as a decompression bomb does; "
+                            "if you trust the file, extract its text with another tool and pass the text instead") from None
+    except (PyPdfError, *_PDF_FAILURES) as err:
+        raise DocumentError(f"{path} is not a readable PDF ({type(err).__name__}: {err}); check that it opens in a PDF viewer "
+                            "and save it again (print to PDF), or pass its text instead") from None
     if not pages:
         raise DocumentError(f"{path} has no pages")
     if not any(p.strip() for p in pages):

@@ -92,9 +92,9 @@ def load_base(loader, name_or_path: str, role: str, **kwargs):
         return loader.from_pretrained(resolve(name_or_path), **kwargs)
     except MissingModelError:
         raise
-    except (OSError, ValueError, KeyError) as err:  # transformers' ways of saying "not found" or "not this kind of model"
+    except Exception as err:  # transformers says "not found" or "not this kind of model" in many ways (and remote code more)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MissingModelError(
             f"could not load the {role} {name_or_path!r} ({first}); point config.{role} at a Hub id, a local model directory "
             f"or an embedded name ({EMBEDDED_ENCODER!r}, {EMBEDDED_DECODER!r}); offline, only local and embedded models load"
-        ) from None
+        ) from err

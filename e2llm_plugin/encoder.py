@@ -21,11 +21,7 @@ class ChunkEncoder(nn.Module):
         self.tokenizer = load_base(AutoTokenizer, name_or_path, "encoder", trust_remote_code=trust_remote_code)
         model = load_base(AutoModel, name_or_path, "encoder", trust_remote_code=trust_remote_code)
         model.requires_grad_(False)
-        if lora.r > 0:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, lora.peft())
-        self.model = model
+        self.model = lora.apply(model, "encoder")
         self.has_lora = lora.r > 0
         self.dim = model.config.hidden_size
         self.max_tokens = min(getattr(model.config, "max_position_embeddings", 512), self.tokenizer.model_max_length)

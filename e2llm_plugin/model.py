@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,16 @@ from tqdm.auto import tqdm
 from .adapter import build_adapter
 from .chunking import Chunk, Chunker, validate_documents
 from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, E2LLMConfig, Mode, check_mode
-from .context import CompressedContext, count_cl100k
+from .context import CompressedContext, PrefixCache, count_cl100k
 from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, Prompt
 from .encoder import ChunkEncoder
-from .errors import CheckpointError, ConfigError, E2LLMError
+from .errors import CheckpointError, ConfigError, E2LLMError, UnreadableTextWarning, check_unicode
 from .files import recover, write_directory
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
+#: Above this share of a document's text read as the encoder's unknown token, compress() warns.
+UNKNOWN_SHARE_WARNING = 0.05
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -76,6 +79,9 @@ class Answer:
     mode: str  # "soft", "hybrid", "rag", "chat" or "text"
     prompt_tokens: int  # decoder positions read before the answer (soft + text)
     passages: list[tuple[int, float]] = field(default_factory=list)  # (chunk index, similarity) read as raw text
+    # Chunks read: all of the context's unless its soft tokens overflow the decoder's window (then the most similar to
+    # the question); in rag mode, the passages read.
+    chunks_read: int = 0
     completion_tokens: int = 0
     text: str = ""
     _pieces: Iterator[str] | None = field(default=None, repr=False)
@@ -191,6 +197,12 @@ class E2LLM(
                 num_source_tokens_cl100k=count_cl100k([document]),
             ))
             start += len(mine)
+        for index, context in enumerate(contexts):
+            if context.unknown_share > UNKNOWN_SHARE_WARNING:  # said, never silent: the statistics stay true
+                warnings.warn(
+                    f"document {index}: {context.unknown_share:.0%} of its text is unknown to the encoder "
+                    f"({self.config.encoder}), so its soft tokens carry little of it; use an encoder whose vocabulary "
+                    "covers this text (script, long unbroken strings)", UnreadableTextWarning, stacklevel=3)
         return contexts
 
     def embed(self, texts: list[str]) -> torch.Tensor:
@@ -218,9 +230,10 @@ class E2LLM(
 
     @staticmethod
     def check_question(question) -> str:
-        """The question, stripped; an `E2LLMError` if it is not a non-empty string."""
+        """The question, stripped; an `E2LLMError` if it is not a non-empty string of valid Unicode."""
         if not isinstance(question, str) or not question.strip():
             raise E2LLMError("the question is empty: pass a non-empty string")
+        check_unicode(question, "the question")
         return question.strip()
 
     def _context(self, documents, context) -> CompressedContext:
@@ -239,8 +252,9 @@ class E2LLM(
         return context.num_chunks * self.config.soft_tokens_per_chunk + self.config.hybrid_raw_tokens
 
     def _prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None,
-                history: list[dict] | None = None, raw_tokens: int | None = None) -> tuple[Prompt, list]:
-        """The decoder's prompt for a question over a context, and the raw passages it includes (hybrid, rag)."""
+                history: list[dict] | None = None, raw_tokens: int | None = None) -> tuple[Prompt, list, int]:
+        """The decoder's prompt for a question over a context, the raw passages it includes (hybrid, rag), and how many
+        chunks it reads (as soft tokens, or as passages in rag mode)."""
         instruction = ANSWER_INSTRUCTION.format(question=question)
         if mode == "rag":  # raw text of the best chunks in the context slot, where soft tokens would go
             budget = self.rag_budget(context) if raw_tokens is None else raw_tokens
@@ -251,7 +265,7 @@ class E2LLM(
             text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
             slot = self.decoder.text_embeddings(text, max_tokens=budget)
             prompt = self.decoder.build_prompt(slot, instruction, target=target, max_new_tokens=max_new_tokens, history=history)
-            return prompt, passages
+            return prompt, passages, len(passages)
         if context.soft_tokens is None:
             raise E2LLMError(f"mode {mode!r} reads soft tokens, but this context holds raw text only; use mode='rag'")
         passages = []
@@ -260,9 +274,29 @@ class E2LLM(
         if mode == "hybrid" and budget > 0:
             passages = self.select_passages(question, context, budget)
             raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
-        soft = context.soft_tokens.reshape(-1, context.soft_tokens.shape[-1])
-        prompt = self.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens, history=history)
-        return prompt, passages
+        read = self._chunks_that_fit(question, context, instruction, raw, max_new_tokens, history, training=target is not None)
+        soft = (context.soft_tokens if len(read) == len(context.chunks) else context.soft_tokens[read]).flatten(0, 1)
+        prompt = self.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens, history=history,
+                                           cacheable=target is None)
+        return prompt, passages, len(read)
+
+    def _chunks_that_fit(self, question: str, context: CompressedContext, instruction: str, raw: str | None,
+                         max_new_tokens: int, history: list[dict] | None, training: bool) -> list[int]:
+        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt; else the chunks most
+        similar to the question that fit, in document order (a document of any length can be asked; `Answer.chunks_read`
+        says how many were read). Training reads whole contexts or none: there, a context that does not fit is an error."""
+        n, k = context.soft_tokens.shape[:2]
+        frame = self.decoder.build_prompt(context.soft_tokens[:0].flatten(0, 1), instruction, raw, history=history).num_tokens
+        room = (self.decoder.max_tokens - frame - max_new_tokens) // k
+        if n <= room or training:
+            return list(range(n))  # build_prompt refuses what does not fit
+        if room < 1:
+            raise E2LLMError(
+                f"the question, chat history and raw passages take {frame} of the decoder's {self.decoder.max_tokens} "
+                f"positions (+{max_new_tokens} to generate), leaving none for the document; shorten them or lower max_new_tokens"
+            )
+        logger.info("the context's %d chunks overflow the decoder's window: reading the %d most similar to the question", n, room)
+        return sorted(i for i, _ in self.rank_chunks(question, context)[:room])
 
     def answer(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
                max_new_tokens: int | None = None, stop: list[str] | None = None, history: list[dict] | None = None,
@@ -281,9 +315,9 @@ class E2LLM(
         context = self._context(documents, context)
         history = _check_messages(history or [], final_user=False)
         with torch.inference_mode():
-            prompt, passages = self._prompt(question, context, mode, max_new_tokens, history=history, raw_tokens=raw_tokens)
-        result = Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages)
-        return self._start(result, prompt, max_new_tokens, stop)
+            prompt, passages, read = self._prompt(question, context, mode, max_new_tokens, history=history, raw_tokens=raw_tokens)
+        result = Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages, chunks_read=read)
+        return self._start(result, prompt, max_new_tokens, stop, context.prefix_cache)
 
     def answer_text(self, question: str, text: str, max_text_tokens: int | None = None, max_new_tokens: int | None = None,
                     stop: list[str] | None = None) -> Answer:
@@ -292,6 +326,7 @@ class E2LLM(
         question = self.check_question(question)
         if not isinstance(text, str):
             raise E2LLMError(f"text must be a string, got {type(text).__name__}")
+        check_unicode(text, "the text")
         max_new_tokens = self._check_max_new_tokens(max_new_tokens)
         with torch.inference_mode():
             slot = self.decoder.text_embeddings(text, max_text_tokens)
@@ -318,8 +353,9 @@ class E2LLM(
             raise E2LLMError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         return max_new_tokens
 
-    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str]) -> Answer:
-        result._pieces = self._counted(result, self.decoder.stream_text(prompt, max_new_tokens, stop))
+    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str],
+               prefix_cache: PrefixCache | None = None) -> Answer:
+        result._pieces = self._counted(result, self.decoder.stream_text(prompt, max_new_tokens, stop, prefix_cache))
         return result
 
     def _counted(self, result: Answer, pieces: Iterator[str]) -> Iterator[str]:
@@ -349,8 +385,15 @@ class E2LLM(
     def base_decoder(self) -> Iterator[E2LLM]:
         """Within the block, the decoder reads without its LoRA (the base model, as a baseline). Not thread-safe:
         other threads answering with this model meanwhile read without the LoRA too."""
-        with self.decoder.model.disable_adapter() if self.decoder.has_lora else contextlib.nullcontext():
+        if not self.decoder.has_lora:
             yield self
+            return
+        with self.decoder.model.disable_adapter():
+            self.decoder.lora_active = False
+            try:
+                yield self
+            finally:
+                self.decoder.lora_active = True
 
     # ---- training --------------------------------------------------------------------------------------------
     def forward(self, task: Task, mode: Mode | None = None) -> torch.Tensor:
@@ -362,7 +405,7 @@ class E2LLM(
             mode = mode or self.config.mode
             soft = None if mode == "rag" else self.soft_tokens([c.text for c in task.chunks])  # rag reads raw text only
             context = CompressedContext(task.chunks, soft, num_documents=1, num_source_tokens=0)
-            prompt, _ = self._prompt(task.question, context, mode, target=task.target)
+            prompt, _, _ = self._prompt(task.question, context, mode, target=task.target)
         return self.decoder(prompt)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -483,6 +526,8 @@ def _check_messages(messages, final_user: bool) -> list[dict]:
             raise E2LLMError(f"message {i} must be a dict with role system/user/assistant and str content, got {message!r:.80}")
     if final_user and (messages[-1]["role"] != "user" or not messages[-1]["content"].strip()):
         raise E2LLMError("the last message must be a non-empty user message: the question to answer")
+    for i, message in enumerate(messages):
+        check_unicode(message["content"], f"message {i}")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 

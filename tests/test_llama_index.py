@@ -26,7 +26,7 @@ from llama_index.core.schema import QueryBundle, TextNode
 from e2llm_plugin import E2LLM, E2LLMCustomLLM, E2LLMEmbedding, E2LLMError, E2LLMQueryEngine, E2LLMSynthesizer
 from e2llm_plugin.integrations.llama_index import E2LLMCompressionEvent
 
-STATS_KEYS = {"chunks", "soft_tokens", "source_tokens", "compression_ratio", "mode"}
+STATS_KEYS = {"chunks", "chunks_read", "soft_tokens", "source_tokens", "compression_ratio", "mode"}
 QUESTION = "When is the National Day?"
 
 

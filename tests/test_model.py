@@ -132,10 +132,42 @@ def test_bad_input_raises_clear_errors(tiny_model, kwargs, message):
         tiny_model.generate(**kwargs)
 
 
-def test_a_document_too_long_for_the_decoder_is_refused_not_truncated(tiny_model):
-    long_doc = "word " * 30000  # ~1250 chunks of 24 tokens > the tiny decoder's 1024 positions
+def test_a_document_longer_than_the_window_reads_the_chunks_most_like_the_question(tiny_model):
+    filler = [f"Line {i} is about the weather in region {i % 97}, which was mild." for i in range(3000)]
+    needle = 1234
+    filler[needle] = "The national holiday of Austria is on 26 October."
+    ctx = tiny_model.compress(["\n".join(filler)])  # far more soft tokens than the tiny decoder's 1024 positions
+    assert ctx.num_soft_tokens > tiny_model.context_window
+    for mode in ("soft", "hybrid"):
+        answer = tiny_model.answer("When is the national holiday of Austria?", context=ctx, mode=mode, max_new_tokens=4)
+        "".join(answer)
+        assert 0 < answer.chunks_read < ctx.num_chunks
+        assert answer.prompt_tokens + 4 <= tiny_model.context_window
+    best = tiny_model.rank_chunks("When is the national holiday of Austria?", ctx)[0][0]
+    assert "national holiday" in ctx.chunks[best].text  # so the needle's chunk is among those read
+    small = tiny_model.compress(DOCS)
+    assert tiny_model.answer("q?", context=small).chunks_read == small.num_chunks
+
+
+def test_a_context_too_long_for_a_training_example_is_refused_not_truncated(tiny_model):
+    from e2llm_plugin.tasks import Task
+
+    chunks = tiny_model.chunk(["word " * 30000])  # ~1250 chunks of 24 tokens > the tiny decoder's 1024 positions
     with pytest.raises(E2LLMError, match="decoder reads at most"):
-        tiny_model.generate("q?", documents=[long_doc])
+        tiny_model(Task("reasoning", chunks, "an answer", "a question?"), "soft")
+
+
+def test_a_reused_prefix_gives_the_same_answers(tiny_model):
+    questions = ["When is the National Day?", "Which river flows through Vienna?", "When is the National Day?"]
+    for mode in ("soft", "hybrid"):
+        ctx = tiny_model.compress(DOCS)
+        cached = [tiny_model.generate(q, context=ctx, mode=mode, max_new_tokens=8) for q in questions]
+        assert len(ctx.prefix_cache) == 1  # one prefix, [template · soft tokens], for every question
+        fresh = [tiny_model.generate(q, context=tiny_model.compress(DOCS), mode=mode, max_new_tokens=8) for q in questions]
+        assert cached == fresh
+        with tiny_model.base_decoder():  # other weights read it: another prefix, not the tuned one's
+            tiny_model.generate(questions[0], context=ctx, mode=mode, max_new_tokens=2)
+        assert len(ctx.prefix_cache) == 2
 
 
 @pytest.mark.parametrize("field, value", [("mode", "x"), ("adapter", "transformer"), ("chunk_tokens", 2),

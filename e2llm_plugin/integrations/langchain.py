@@ -95,7 +95,7 @@ class ChatE2LLM(BaseChatModel):
     """An `E2LLM`, a checkpoint directory or a Hub repo id; None: the checkpoint shipped with the package."""
     model_name: str | None = None
     """Reported in `response_metadata` and traces; defaults to the checkpoint's name."""
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, strict=True)
     """Longest answer, in decoder tokens; None: the checkpoint's `max_new_tokens`."""
     stop: list[str] | None = None
     """Stop sequences; the answer ends right before the first one. A per-call `stop` replaces these."""
@@ -178,7 +178,7 @@ class ChatE2LLM(BaseChatModel):
             raise E2LLMError(f"ChatE2LLM got unknown call arguments {unknown}{hint}; it takes {list(_CALL_ARGUMENTS)}")
         mode, max_tokens = kwargs.get("mode", self.mode), kwargs.get("max_tokens", self.max_tokens)
         check_mode(mode)
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0):
             raise E2LLMError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         return mode, max_tokens or self.e2llm.config.max_new_tokens
 
@@ -198,7 +198,8 @@ class ChatE2LLM(BaseChatModel):
         chunks = context.chunks if context else []
         passages = [{"document": chunks[i].doc_index, "start": chunks[i].start, "end": chunks[i].end, "score": round(score, 4)}
                     for i, score in answer.passages]
-        return answer, {"mode": answer.mode, "compression": context.stats() if context else None, "passages": passages}
+        compression = {**context.stats(), "chunks_read": answer.chunks_read} if context else None
+        return answer, {"mode": answer.mode, "compression": compression, "passages": passages}
 
     def _split(self, messages: list[BaseMessage]) -> tuple[list[str], list[dict]]:
         """Long texts to compress, in conversation order, and the rest as chat turns."""

@@ -308,7 +308,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
                                     max_new_tokens=self._max_new_tokens, stop=self._stop)
         stats = context.stats()
         stats.pop("documents")  # each node was compressed as one document
-        stats.update(mode=answer.mode, nodes=len(texts), compressed_nodes=compressed,
+        stats.update(mode=answer.mode, chunks_read=answer.chunks_read, nodes=len(texts), compressed_nodes=compressed,
                      prompt_tokens=answer.prompt_tokens, completion_tokens=None)
         dispatcher.event(E2LLMCompressionEvent(
             nodes=len(texts), compressed_nodes=compressed, chunks=context.num_chunks, soft_tokens=context.num_soft_tokens,
@@ -432,7 +432,7 @@ class E2LLMQueryEngine(RetrieverQueryEngine):
 
     Over a `SummaryIndex` (what `from_documents` builds) that is every node of every document; over a
     `VectorStoreIndex`, its top `similarity_top_k` nodes (64 by default: many more than a text LLM's prompt holds).
-    Responses carry `source_nodes` and `metadata["e2llm"]` (chunks, soft_tokens, source_tokens,
+    Responses carry `source_nodes` and `metadata["e2llm"]` (chunks, chunks_read, soft_tokens, source_tokens,
     compression_ratio, mode, nodes, compressed_nodes, prompt_tokens, completion_tokens, skipped_nodes, passages).
     """
 
