@@ -72,6 +72,27 @@ def validate_documents(documents) -> list[str]:
     return documents
 
 
+#: Characters tokenized at a time: far above any chunk, small enough that a book-length text never sits in memory as
+#: millions of token offsets at once.
+SEGMENT_CHARS = 100_000
+
+
+def segments(text: str, max_chars: int = SEGMENT_CHARS) -> list[tuple[int, int]]:
+    """`text` as consecutive (start, end) spans of at most `max_chars`, cut after a line break where there is one in the
+    second half of the span, else after a space, else anywhere. They tile the text."""
+    spans, start = [], 0
+    while len(text) - start > max_chars:
+        window = text[start + max_chars // 2 : start + max_chars]
+        cut = max(window.rfind("\n"), -1)
+        if cut < 0:
+            cut = max(window.rfind(" "), -1)
+        end = start + max_chars // 2 + cut + 1 if cut >= 0 else start + max_chars
+        spans.append((start, end))
+        start = end
+    spans.append((start, len(text)))
+    return spans
+
+
 class Chunker:
     """Token-budgeted chunking with a Hugging Face fast tokenizer (the encoder's, so budgets are exact), capped at
     `max_chars` characters a chunk. `overlap` counts tokens (a piece of a cut [UNK] word is one) repeated by the next chunk."""
@@ -92,9 +113,13 @@ class Chunker:
         return chunks
 
     def _split_one(self, text: str, doc_index: int) -> list[Chunk]:
-        units = self._units(text, 0, len(text))
+        # A long document is chunked a segment at a time, so memory stays bounded whatever its length.
+        return [chunk for lo, hi in segments(text) for chunk in self._split_range(text, lo, hi, doc_index)]
+
+    def _split_range(self, text: str, lo: int, hi: int, doc_index: int) -> list[Chunk]:
+        units = self._units(text, lo, hi)
         n = len(units)
-        bounds = [u.start for u in units] + [len(text)]
+        bounds = [u.start for u in units] + [hi]
         ends = [u.end for u in units]
         tokens = [0]  # tokens[i]: tokens in the units before unit i
         for u in units:

@@ -26,6 +26,7 @@ EMBEDDED_DECODER = "embedded:SmolLM2-135M-Instruct"
 
 Mode = Literal["soft", "hybrid", "rag"]
 AdapterKind = Literal["vpma", "mlp"]
+Precision = Literal["auto", "fp32", "bf16"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 ADAPTERS: tuple[str, ...] = typing.get_args(AdapterKind)
 
@@ -112,6 +113,8 @@ class E2LLMConfig:
                                      flag=READING, low=0, high=1_000_000)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
     encoder_batch_size: int = setting(32, help="chunks encoded per forward pass", low=1, high=65536)
+    encoder_precision: Precision = setting("auto", help="weights of the frozen encoder that compresses at inference (LoRA "
+                                           "merged): bf16 where the hardware runs it natively (auto), or fp32 everywhere")
 
     # Written when a model is built, checked when a checkpoint is loaded: the adapter's weights only fit these.
     encoder_dim: int | None = setting(None, help="encoder width the adapter was built for", low=1)

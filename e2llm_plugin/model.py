@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -22,14 +23,15 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter import build_adapter
-from .chunking import Chunk, Chunker, validate_documents
+from .adapter import build_adapter, mean_pool
+from .chunking import Chunk, Chunker, segments, validate_documents
 from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, E2LLMConfig, Mode, check_mode
 from .context import CompressedContext, PrefixCache, count_cl100k
 from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, Prompt
 from .encoder import ChunkEncoder
-from .errors import CheckpointError, ConfigError, E2LLMError, UnreadableTextWarning, check_unicode
+from .errors import CheckpointError, ConfigError, E2LLMError, StoreError, UnreadableTextWarning, check_unicode
 from .files import recover, write_directory
+from .store import CompressedStore, default_store_path
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -108,12 +110,15 @@ class E2LLM(
     loss, ...): nothing outside this class reaches into its encoder, adapter, decoder or chunker.
     """
 
-    def __init__(self, config: E2LLMConfig | None = None, *, trust_remote_code: bool = False):
+    def __init__(self, config: E2LLMConfig | None = None, *, trust_remote_code: bool = False, store=True):
+        """`store`: where compressed chunks persist across questions, processes and runs (see `e2llm_plugin.store`):
+        True for the per-user default (`$E2LLM_STORE`, else `$E2LLM_CACHE/compressed.sqlite`; `E2LLM_STORE=off` turns
+        it off), a file path, a `CompressedStore`, or False for none."""
         super().__init__()
         config = copy.deepcopy(config) if config is not None else E2LLMConfig()
         config.validate()  # again: a config's fields can be set after it was built
         self.config = config
-        self.encoder = ChunkEncoder(config.encoder, config.encoder_lora, trust_remote_code)
+        self.encoder = ChunkEncoder(config.encoder, config.encoder_lora, trust_remote_code, config.encoder_precision)
         self.decoder = Decoder(config.decoder, config.decoder_lora, trust_remote_code)
         widths = (("encoder", config.encoder_dim, self.encoder.dim), ("decoder", config.decoder_dim, self.decoder.dim))
         for name, expected, actual in widths:
@@ -125,6 +130,8 @@ class E2LLM(
         config.encoder_dim, config.decoder_dim = self.encoder.dim, self.decoder.dim
         self.adapter = build_adapter(config, self.encoder.dim, self.decoder.dim, self.decoder.embed_scale())
         self.chunker = self._chunker(config.chunk_tokens)
+        self.store = open_store(store)
+        self._fingerprint: tuple[tuple, str] | None = None
         self.eval()
 
     @property
@@ -152,8 +159,11 @@ class E2LLM(
         return chunker.split(documents)
 
     def soft_tokens(self, texts: list[str]) -> torch.Tensor:
-        """Chunk texts -> (chunks, k, decoder_dim). Differentiable: training calls it too."""
-        states, mask = self.encoder(texts)
+        """Chunk texts -> (chunks, k, decoder_dim). In training mode differentiable (the LoRA encoder as trained); in eval
+        mode through the encoder's merged inference copy, as `compress` reads."""
+        if self.training:
+            return self.adapter(*self.encoder(texts))
+        states, mask, _ = self.encoder.encode(texts)
         return self.adapter(states, mask)
 
     def grow_soft_tokens(self, k: int) -> None:
@@ -177,15 +187,7 @@ class E2LLM(
         """One context per document, encoded in shared batches (for callers that cache per document)."""
         documents = validate_documents(documents)
         chunks = self.chunk(documents, chunk_tokens)
-        texts = [c.text for c in chunks]
-        size = self.config.encoder_batch_size
-        soft = []
-        # tqdm's delay shows the bar only when compression takes more than a moment.
-        with tqdm(total=len(texts), desc="Compressing", unit="chunk", delay=2.0, disable=show_progress is False) as bar:
-            for i in range(0, len(texts), size):
-                soft.append(self.soft_tokens(texts[i : i + size]))
-                bar.update(len(texts[i : i + size]))
-        soft = torch.cat(soft)
+        soft, embeddings = self._encode_chunks(chunks, show_progress)
         contexts, start = [], 0
         for document, (_, group) in zip(documents, itertools.groupby(chunks, key=lambda c: c.doc_index), strict=True):
             mine = [dataclasses.replace(c, doc_index=0) for c in group]  # chunks come out in document order
@@ -193,8 +195,9 @@ class E2LLM(
                 chunks=mine,
                 soft_tokens=soft[start : start + len(mine)],
                 num_documents=1,
-                num_source_tokens=self.count_tokens(document),
+                num_source_tokens=sum(self.count_tokens(document[a:b]) for a, b in segments(document)),
                 num_source_tokens_cl100k=count_cl100k([document]),
+                retrieval_embeddings=embeddings[start : start + len(mine)],
             ))
             start += len(mine)
         for index, context in enumerate(contexts):
@@ -205,9 +208,66 @@ class E2LLM(
                     "covers this text (script, long unbroken strings)", UnreadableTextWarning, stacklevel=3)
         return contexts
 
+    def _encode_chunks(self, chunks: list[Chunk], show_progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft tokens (n, k, d) and retrieval embeddings (n, d_enc) of chunks: from the store where it holds them, else
+        encoded (one encoder pass gives both) in batches of similar length, and stored batch by batch, so an interrupted
+        compression of a huge corpus keeps what it did."""
+        texts = [c.text for c in chunks]
+        fingerprint = self.fingerprint() if self.store is not None else ""
+        found = self._store_call("get_many", fingerprint, texts) or {}
+        missing = sorted((i for i in range(len(texts)) if i not in found), key=lambda i: chunks[i].num_tokens)
+        size = self.config.encoder_batch_size
+        # tqdm's delay shows the bar only when compression takes more than a moment.
+        with tqdm(total=len(missing), desc="Compressing", unit="chunk", delay=2.0, disable=show_progress is False) as bar:
+            for start in range(0, len(missing), size):
+                batch = missing[start : start + size]
+                states, mask, embeddings = self.encoder.encode([texts[i] for i in batch])
+                soft = self.adapter(states, mask)
+                fresh = [{"soft": soft[j], "embedding": embeddings[j]} for j in range(len(batch))]
+                found.update(zip(batch, fresh, strict=True))
+                self._store_call("put_many", fingerprint, [texts[i] for i in batch], fresh)
+                bar.update(len(batch))
+        return (torch.stack([found[i]["soft"] for i in range(len(texts))]),
+                torch.stack([found[i]["embedding"] for i in range(len(texts))]))
+
+    def _store_call(self, verb: str, *args):
+        """The store is a cache: if it fails (locked too long, damaged), say so and carry on without it."""
+        if self.store is None:
+            return None
+        try:
+            return getattr(self.store, verb)(*args)
+        except StoreError as err:
+            logger.warning("compressed-chunk store unavailable (%s); compressing without it", err)
+            return None
+
+    def fingerprint(self) -> str:
+        """Digest of everything that shapes a chunk's soft tokens and retrieval embedding (the encoder, its LoRA, the
+        adapter, k, the inference precision): the store's entries are keyed by it. Recomputed only when a weight
+        changes (torch counts in-place changes), so a model trained further never reads its old entries."""
+        named = sorted((n, p) for n, p in self.named_parameters() if n.startswith("adapter.") or (n.startswith("encoder.")
+                                                                                                   and "lora_" in n))
+        versions = tuple((id(p), p._version) for _, p in named)
+        if self._fingerprint is None or self._fingerprint[0] != versions:
+            digest = hashlib.sha256(json.dumps({
+                "format": 1, "encoder": self.config.encoder, "adapter": self.config.adapter,
+                "k": self.config.soft_tokens_per_chunk, "dtype": str(self.encoder.inference_dtype()),
+            }, sort_keys=True).encode())
+            for name, p in named:
+                digest.update(name.encode())
+                digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = (versions, digest.hexdigest())
+        return self._fingerprint[1]
+
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """Unit-length sentence embeddings by the base encoder (LoRA off): how chunks are ranked for a question."""
-        return self.encoder.embed(list(texts))
+        """Unit-length sentence embeddings (the encoder's mean-pooled states, LoRA on): how chunks are ranked for a
+        question. They come from the same pass as the soft tokens, so ranking costs no second encoder pass."""
+        texts = list(texts)
+        if self.training:  # hybrid training ranks with the encoder as it is being trained, without gradients
+            with torch.no_grad():
+                states, mask = self.encoder(texts)
+            return nn.functional.normalize(mean_pool(states, mask), dim=-1)
+        size = self.config.encoder_batch_size
+        return torch.cat([self.encoder.encode(texts[i : i + size])[2] for i in range(0, len(texts), size)])
 
     # ---- reading ---------------------------------------------------------------------------------------------
     def rank_chunks(self, question: str, context: CompressedContext) -> list[tuple[int, float]]:
@@ -403,8 +463,10 @@ class E2LLM(
             prompt = self.decoder.build_prompt(soft.flatten(0, 1), RESTATE_INSTRUCTION, target=task.target)
         else:
             mode = mode or self.config.mode
-            soft = None if mode == "rag" else self.soft_tokens([c.text for c in task.chunks])  # rag reads raw text only
-            context = CompressedContext(task.chunks, soft, num_documents=1, num_source_tokens=0)
+            states, mask = self.encoder([c.text for c in task.chunks])
+            soft = None if mode == "rag" else self.adapter(states, mask)  # rag reads raw text only
+            ranking = nn.functional.normalize(mean_pool(states.detach(), mask), dim=-1)  # the same pass ranks the chunks
+            context = CompressedContext(task.chunks, soft, num_documents=1, num_source_tokens=0, retrieval_embeddings=ranking)
             prompt, _, _ = self._prompt(task.question, context, mode, target=task.target)
         return self.decoder(prompt)
 
@@ -447,12 +509,12 @@ class E2LLM(
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, *, revision: str | None = None,
                         cache_dir: str | None = None, force_download: bool = False, local_files_only: bool = False,
-                        token: str | bool | None = None, trust_remote_code: bool = False, **overrides) -> E2LLM:
+                        token: str | bool | None = None, trust_remote_code: bool = False, store=True, **overrides) -> E2LLM:
         """Load a checkpoint: none -> the one shipped with the package; a local directory; or a Hub repo id.
 
         Keyword overrides replace config fields that do not change the weights (e.g. ``mode="hybrid"``).
         `trust_remote_code` lets the base models run code from their repositories; it is only ever this argument,
-        never read from a checkpoint.
+        never read from a checkpoint. `store`: where compressed chunks persist (see `E2LLM.__init__`).
         """
         directory = resolve_checkpoint(path_or_repo_id, revision=revision, cache_dir=cache_dir,
                                        force_download=force_download, local_files_only=local_files_only, token=token)
@@ -466,7 +528,7 @@ class E2LLM(
         if foreign:
             logger.warning("%s names the base %s; loading %s", directory, " and ".join(foreign),
                            "with trust_remote_code=True" if trust_remote_code else "without running code from it")
-        model = cls(config, trust_remote_code=trust_remote_code)
+        model = cls(config, trust_remote_code=trust_remote_code, store=store)
         model.load_trained_weights(directory / WEIGHTS_NAME)
         return model
 
@@ -499,6 +561,26 @@ class E2LLM(
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the training that wrote it diverged")
         self.load_state_dict(loaded, strict=False)
+
+
+def open_store(store) -> CompressedStore | None:
+    """The store an `E2LLM(store=...)` argument names (see `E2LLM.__init__`)."""
+    if store is None or store is False:
+        return None
+    if isinstance(store, CompressedStore):
+        return store
+    if store is True:
+        setting = os.environ.get("E2LLM_STORE", "").strip()
+        if setting.lower() in ("off", "0", "false", "none"):
+            return None
+        try:
+            return CompressedStore(setting or default_store_path())
+        except (StoreError, OSError) as err:  # the default is a convenience: without it, compression still works
+            logger.warning("no compressed-chunk store (%s); set E2LLM_STORE to a writable file, or to off", err)
+            return None
+    if isinstance(store, (str, os.PathLike)):
+        return CompressedStore(store)
+    raise E2LLMError(f"store must be True, False, a file path or a CompressedStore, got {type(store).__name__}")
 
 
 def _is_int(value) -> bool:

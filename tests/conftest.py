@@ -15,6 +15,16 @@ LOREM = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_store(tmp_path_factory):
+    """The tests' compressed-chunk store: the default one (E2LLM_STORE), but in a temporary folder, not the user's."""
+    import os
+
+    path = tmp_path_factory.mktemp("store") / "compressed.sqlite"
+    os.environ["E2LLM_STORE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """A 2-layer BERT and a 2-layer Llama with the real tokenizers, saved like Hub models."""
