@@ -21,12 +21,15 @@ from pathlib import Path
 
 from .config import ARCHITECTURE, MODES, E2LLMConfig
 from .errors import E2LLMError
-from .training.data import DataError, JsonlDataset
+from .files import STAGING_PREFIX, recover
+from .model import CONFIG_NAME
+from .training.data import DataError, JsonlDataset, check_fits
 from .training.trainer import Trainer, TrainingArgs
 
 RUN_FILE = "run.json"
 # What a run writes into --output; --overwrite removes these and nothing else.
 RUN_FILES = (RUN_FILE, "train_log.jsonl", "checkpoints", "config.json", "model.safetensors", "README.md")
+RUN_KEYS = {"data", "output", "config_overrides"}  # keys every run.json holds: a file by that name without them is not ours
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,10 @@ def _check_output(output: Path, signature: dict, resume: bool, overwrite: bool) 
     if resume:
         if not run_file.exists():
             raise DataError(f"--resume: {output} holds no run to resume")
-        previous = json.loads(run_file.read_text())
+        previous = _read_run(run_file)
+        if previous is None:
+            raise DataError(f"--resume: {run_file} is unreadable or not written by finetune; resume a finetune run's "
+                            "directory, or start a new run elsewhere")
         if previous != signature:
             changed = sorted(k for k in set(previous) | set(signature) if previous.get(k) != signature.get(k))
             raise DataError(f"--resume: {output} holds a run with different settings ({', '.join(changed)})")
@@ -157,13 +163,23 @@ def _check_output(output: Path, signature: dict, resume: bool, overwrite: bool) 
         if resolved in (cwd, home, Path(resolved.anchor)) or resolved in cwd.parents:
             raise DataError(f"--overwrite refuses {output}: it is the working, home or root directory, or holds it; "
                             "give the run a directory of its own")
-        if not run_file.exists():
-            raise DataError(f"--overwrite refuses {output}: it holds files but no {RUN_FILE}, so it is not a finetune run; "
-                            "give the run a new directory")
+        if _read_run(run_file) is None:
+            raise DataError(f"--overwrite refuses {output}: it holds files but no {RUN_FILE} written by finetune, so it is "
+                            "not a finetune run; give the run a new directory")
+
+
+def _read_run(run_file: Path) -> dict | None:
+    """The settings a finetune run recorded in run.json; None if the file is unreadable or another program's."""
+    try:
+        signature = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return signature if isinstance(signature, dict) and RUN_KEYS <= signature.keys() else None
 
 
 def _start_output(output: Path, signature: dict, resume: bool) -> None:
     if resume:
+        recover(output, CONFIG_NAME)  # a final save cut short: finish it, or its half-moved files block the next one
         return
     for name in RUN_FILES:  # an --overwrite'd run's files only: _check_output refused anything else
         path = output / name
@@ -171,6 +187,8 @@ def _start_output(output: Path, signature: dict, resume: bool) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+    for staging in output.glob(STAGING_PREFIX + "*"):  # what a final save of that run left when it was cut short
+        shutil.rmtree(staging, ignore_errors=True)
     output.mkdir(parents=True, exist_ok=True)
     (output / RUN_FILE).write_text(json.dumps(signature, indent=1))
 
@@ -207,7 +225,7 @@ def _training_card(args: TrainingArgs, summary: dict, model, argv: list[str]) ->
         f"- data: `{Path(args.data).name}`" + (f", eval: `{Path(args.eval_data).name}`" if args.eval_data else "") + "\n"
         f"- steps: {summary['steps']}" + (" (stopped by --time-budget)" if summary["stopped_early"] else "") + "\n"
         f"- final losses: {losses or 'n/a'}\n"
-        f"- tasks skipped for exceeding --max-chunks: {summary['skipped_tasks']}\n"
+        f"- tasks skipped for exceeding --max-chunks or the decoder's window: {summary['skipped_tasks']}\n"
     )
 
 
@@ -218,11 +236,9 @@ def run(argv: list[str] | None = None) -> dict:
     overrides = {flag.name: getattr(a, flag.name) for flag in config_flags() if getattr(a, flag.name) is not None}
     given = {f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}
     args = TrainingArgs(**given, config_overrides=overrides)
-    # Every data problem surfaces here, before any model is loaded.
+    # Every malformed line surfaces here, before any model is loaded.
     qa_only = args.mode == "rag"
-    JsonlDataset(args.data, qa_only)
-    if args.eval_data:
-        JsonlDataset(args.eval_data, qa_only)
+    datasets = [JsonlDataset(path, qa_only) for path in (args.data, args.eval_data) if path]
 
     import torch
     from accelerate import Accelerator
@@ -237,6 +253,8 @@ def run(argv: list[str] | None = None) -> dict:
     _check_output(output, signature, a.resume, a.overwrite)
     set_seed(args.seed)
     model = _build_model(args, overrides).to(acc.device)  # before --output is touched: a refused --from leaves it as it was
+    for dataset in datasets:  # lines the model can never read, refused before they stop a run (and every resume)
+        check_fits(dataset, model, args.mode)
     acc.wait_for_everyone()
     if acc.is_main_process:
         _start_output(output, signature, a.resume)

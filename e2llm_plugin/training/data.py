@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import E2LLMError
+from ..decoder import RESTATE_INSTRUCTION
+from ..errors import E2LLMError, check_unicode
 from ..tasks import Task, restate_task
+
+# Raw passages in hybrid mode come with a heading and a newline between passages, beyond their token budget.
+_PASSAGES_HEADING = 8
 
 
 class DataError(E2LLMError):
@@ -34,6 +39,11 @@ class Record:
     answer: str | None = None
 
 
+def _check_text(value: str, where: str, field: str) -> None:
+    """A JSON escape such as \\ud800 decodes to half of a surrogate pair, which no tokenizer can read."""
+    check_unicode(value, f"{where}: {field}", DataError)
+
+
 def parse_line(line: str, where: str) -> Record:
     try:
         obj = json.loads(line)
@@ -45,6 +55,7 @@ def parse_line(line: str, where: str) -> Record:
         text = obj["text"]
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: 'text' must be a non-empty string")
+        _check_text(text, where, "'text'")
         return Record([text])
     missing = [k for k in ("context", "prompt", "answer") if k not in obj]
     if missing:
@@ -56,10 +67,21 @@ def parse_line(line: str, where: str) -> Record:
         raise DataError(f"{where}: 'context' must be a string or a list of strings")
     if not any(c.strip() for c in context):
         raise DataError(f"{where}: 'context' is empty")
+    for i, c in enumerate(context):
+        _check_text(c, where, "'context'" if isinstance(obj["context"], str) else f"'context'[{i}]")
     for key in ("prompt", "answer"):
         if not isinstance(obj[key], str) or not obj[key].strip():
             raise DataError(f"{where}: '{key}' must be a non-empty string")
+        _check_text(obj[key], where, f"'{key}'")
     return Record([c for c in context if c.strip()], obj["prompt"].strip(), obj["answer"].strip())
+
+
+def _parse_raw(raw: bytes, where: str) -> Record:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not UTF-8") from None
+    return parse_line(line, where)
 
 
 class JsonlDataset:
@@ -69,34 +91,84 @@ class JsonlDataset:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"{self.path}: no such file")
-        offsets = []
+        offsets, numbers = [], []
         with self.path.open("rb") as f:
             offset = 0
             for number, raw in enumerate(f, start=1):
                 if raw.strip():
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise DataError(f"{self.path}:{number}: not UTF-8") from None
-                    record = parse_line(line, f"{self.path}:{number}")
+                    record = _parse_raw(raw, f"{self.path}:{number}")
                     if record.prompt is not None or not qa_only:
                         offsets.append(offset)
+                        numbers.append(number)
                 offset += len(raw)
         if not offsets:
             wanted = "QA lines ({context, prompt, answer})" if qa_only else "examples"
             raise DataError(f"{self.path}: no {wanted}")
         self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.numbers = np.asarray(numbers, dtype=np.int64)  # line numbers, so every message can say file:line
 
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def where(self, index: int) -> str:
+        """`file:line` of example `index`."""
+        return f"{self.path}:{int(self.numbers[index])}"
+
     def read(self, index: int) -> Record:
         with self.path.open("rb") as f:
-            f.seek(int(self.offsets[index]))
-            return parse_line(f.readline().decode("utf-8"), f"{self.path}:?")
+            return self._read(f, index)
+
+    def records(self) -> Iterator[tuple[str, Record]]:
+        """(file:line, record) of every example, in file order, through one open file."""
+        with self.path.open("rb") as f:
+            for index in range(len(self)):
+                yield self.where(index), self._read(f, index)
+
+    def _read(self, f, index: int) -> Record:
+        f.seek(int(self.offsets[index]))
+        return _parse_raw(f.readline(), self.where(index))  # checked again: the file may have changed since
 
     def order(self, epoch: int, seed: int) -> np.ndarray:
         return np.random.default_rng([seed, epoch]).permutation(len(self))
+
+
+def decoder_positions(model, mode: str, question: str | None, target: str, num_chunks: int) -> int:
+    """Decoder positions a task needs: the prompt template around its question (None: the restate task), the soft
+    tokens of `num_chunks` chunks, the raw passages `mode` reads (their whole budget), and the target with its end
+    token. Measured through the model's verbs: exact in soft mode; in the others a few positions over, never under."""
+    config = model.config
+    rest = num_chunks * config.soft_tokens_per_chunk + model.count_tokens(target) + 1  # +1: the end-of-answer token
+    if question is not None and mode == "rag":  # raw text in the soft tokens' place, their count plus the raw budget
+        rest += config.hybrid_raw_tokens
+    elif question is not None and mode == "hybrid" and config.hybrid_raw_tokens > 0:
+        rest += config.hybrid_raw_tokens + _PASSAGES_HEADING + num_chunks  # + one newline between passages
+    question = question or RESTATE_INSTRUCTION  # asked as a question: a few positions over the restate prompt
+    words = model.count_tokens(question)
+    if words + rest > model.context_window:  # over already: spare building the prompt of a huge question
+        return words + rest
+    try:
+        return model.answer_text(question, "", max_new_tokens=1).prompt_tokens + rest
+    except E2LLMError:  # answer_text refuses a prompt that leaves no room to answer: the template fills the window
+        return model.context_window + rest
+
+
+def check_fits(dataset: JsonlDataset, model, mode: str) -> None:
+    """Refuse, by file:line, a QA line that cannot fit the decoder's window even with one chunk of context: drawn, it
+    would stop the run, and every `--resume` after. Lines too long only for their many chunks are skipped at run time."""
+    window = model.context_window
+    for where, record in dataset.records():
+        if record.prompt is None:
+            continue
+        need = decoder_positions(model, mode, record.prompt, record.answer, num_chunks=1)
+        if need > window:
+            reads_raw = mode in ("hybrid", "rag")
+            raw = f", {model.config.hybrid_raw_tokens} tokens of raw passages" if reads_raw else ""
+            raise DataError(
+                f"{where}: the prompt ({model.count_tokens(record.prompt)} tokens) and answer "
+                f"({model.count_tokens(record.answer)} tokens) need {need} decoder positions with the prompt template{raw} "
+                f"and one chunk's soft tokens, but the decoder reads at most {window}; shorten the answer (or the prompt), "
+                + ("lower --hybrid-raw-tokens, " if reads_raw else "") + "or use a decoder with a longer window"
+            )
 
 
 def make_tasks(record: Record, model, rng: random.Random, understanding_ratio: float, window_chunks: int) -> list[Task]:

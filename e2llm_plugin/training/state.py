@@ -58,6 +58,8 @@ def save_checkpoint(model, optimizer, scheduler, info: dict, directory: Path, ke
         meta.update(info, scheduler=scheduler.state_dict(), python_rng=_jsonable(random.getstate()))
         (staging / STATE_JSON).write_text(json.dumps(meta, indent=1))
     for old in list_checkpoints(directory)[:-keep]:
+        # Its marker first: a removal cut short must not leave a checkpoint that looks complete but lacks files.
+        (old / STATE_JSON).unlink(missing_ok=True)
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -9,7 +9,10 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ import torch
 
 from ..model import E2LLM
 from ..tasks import Task
-from .data import JsonlDataset, make_tasks
+from .data import JsonlDataset, decoder_positions, make_tasks
 from .state import list_checkpoints, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger("e2llm_plugin.finetune")
@@ -86,14 +89,31 @@ class Trainer:
     def _tasks(self, dataset: JsonlDataset, cursor: int, shuffle: bool = True) -> list[Task]:
         """Tasks of the example at global position `cursor`; deterministic in (seed, cursor), so resumable."""
         epoch, index = divmod(cursor, len(dataset))
-        record = dataset.read(int(dataset.order(epoch, self.args.seed)[index]) if shuffle else index)
+        example = int(dataset.order(epoch, self.args.seed)[index]) if shuffle else index
+        record = dataset.read(example)
         rng = random.Random(f"{self.args.seed}-{cursor}")
         # A text-RAG decoder has no soft tokens to learn to restate; its data holds QA lines only (see __init__).
         ratio = 0.0 if self.args.mode == "rag" else self.args.understanding_ratio
-        tasks = make_tasks(record, self.model, rng, ratio, self.args.window_chunks)
-        kept = [t for t in tasks if len(t.chunks) <= self.args.max_chunks]
-        self.skipped += len(tasks) - len(kept)
+        kept = []
+        for task in make_tasks(record, self.model, rng, ratio, self.args.window_chunks):
+            reason = self._too_long(task)
+            if reason is None:
+                kept.append(task)
+                continue
+            logger.warning("%s: %s task skipped: %s", dataset.where(example), task.kind, reason)
+            if dataset is self.train_set:  # the model card counts training tasks; eval runs again and again
+                self.skipped += 1
         return kept
+
+    def _too_long(self, task: Task) -> str | None:
+        """Why the model cannot read `task` (more chunks than --max-chunks, or past the decoder's window), else None.
+        Lines too long even with one chunk were refused before training (`check_fits`)."""
+        if len(task.chunks) > self.args.max_chunks:
+            return f"{len(task.chunks)} chunks, more than --max-chunks {self.args.max_chunks}"
+        need = decoder_positions(self.model, self.args.mode, task.question, task.target, len(task.chunks))
+        if need > self.model.context_window:
+            return f"{len(task.chunks)} chunks need {need} decoder positions, the decoder reads {self.model.context_window}"
+        return None
 
     def _weight(self, kind: str) -> float:
         return self.args.understanding_weight if kind == "understanding" else self.args.reasoning_weight
@@ -143,14 +163,40 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------------------
     def resume(self) -> bool:
         found = list_checkpoints(self.output / "checkpoints")
-        if not found:
-            return False
-        meta = load_checkpoint(self.model, self.optimizer, self.scheduler, found[-1])
-        self.step, self.cursor, self.skipped = meta["step"], meta["cursor"], meta.get("skipped", 0)
-        self.saved_step = self.step
-        self.history = meta.get("history", [])
-        logger.info("resumed from %s (step %d)", found[-1], self.step)
-        return True
+        if found:
+            meta = load_checkpoint(self.model, self.optimizer, self.scheduler, found[-1])
+            self.step, self.cursor, self.skipped = meta["step"], meta["cursor"], meta.get("skipped", 0)
+            self.saved_step = self.step
+            self.history = meta.get("history", [])
+            logger.info("resumed from %s (step %d)", found[-1], self.step)
+        if self.acc.is_main_process:
+            self._cut_log()
+        return bool(found)
+
+    def _cut_log(self) -> None:
+        """Drop what the log holds past the step resumed from (steps after the last save, a final eval, a line torn
+        by the kill): the resumed run logs those steps again. Atomic, so a kill now leaves the old log or the new."""
+        path = self.output / "train_log.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= self.step and not record.get("final"):
+                kept.append(line + "\n")
+        fd, temp = tempfile.mkstemp(prefix=".train_log-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.writelines(kept)
+            shutil.copymode(path, temp)  # mkstemp makes a private file; the log keeps its permissions
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temp)
+            raise
 
     def save(self) -> None:
         if self.acc.is_main_process:
