@@ -19,11 +19,13 @@ import gc
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .config import Precision
 from .errors import E2LLMError
 from .evaluation import report
 from .evaluation.methods import DESCRIPTIONS, METHODS, Evaluator, load_examples, load_texts, reconstruction, soft_f1_and_ratio
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder tokens the text baselines may read (default: the decoder's maximum)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap, greedy (default 32)")
     p.add_argument("--hybrid-raw-tokens", type=int, default=None, help="override the checkpoint's hybrid raw-text budget")
+    p.add_argument("--encoder-precision", choices=typing.get_args(Precision), default=None,
+                   help="override the inference encoder's precision (default: the checkpoint's, auto)")
     p.add_argument("--reconstruction", default=None, help="JSONL file whose texts are restated from soft tokens")
     p.add_argument("--reconstruction-windows", type=int, default=6, help="windows restated (default 6)")
     p.add_argument("--reconstruction-chunks", type=int, default=2, help="chunks per restated window (default 2, as in training)")
@@ -88,7 +92,8 @@ def run(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
 
-    overrides = {} if args.hybrid_raw_tokens is None else {"hybrid_raw_tokens": args.hybrid_raw_tokens}
+    overrides = {k: v for k, v in (("hybrid_raw_tokens", args.hybrid_raw_tokens), ("encoder_precision", args.encoder_precision))
+                 if v is not None}
     model = _load(args.model, args.device, **overrides)
     rag_model = _load(args.rag_model, args.device, **overrides) if "rag_ft" in methods else None
     evaluator = Evaluator(model, args.window, args.max_new_tokens, rag_model)

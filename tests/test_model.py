@@ -395,3 +395,21 @@ def test_push_to_hub_uploads_a_complete_checkpoint(tiny_model, monkeypatch):
     assert seen["repo"] == "me/tiny-e2llm"
     assert seen["files"] == ["README.md", "config.json", "model.safetensors"]
     assert "library_name: e2llm_plugin" in seen["card"]
+
+
+def test_a_checkpoint_of_version_0_1_0_still_loads(tiny_checkpoint, tmp_path):
+    """0.1.0 wrote flat LoRA keys and a trust_remote_code field; they migrate (the latter is ignored)."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_checkpoint, old)
+    config = json.loads((old / "config.json").read_text())
+    for side in ("encoder", "decoder"):
+        lora = config.pop(f"{side}_lora")
+        config.update({f"{side}_lora_r": lora["r"], f"{side}_lora_alpha": lora["alpha"], f"{side}_lora_targets": lora["targets"]})
+    config.update(lora_dropout=0.0, trust_remote_code=False)
+    config.pop("encoder_precision")
+    (old / "config.json").write_text(json.dumps(config))
+    loaded = E2LLM.from_pretrained(old)
+    assert loaded.config == E2LLM.from_pretrained(tiny_checkpoint).config
