@@ -302,7 +302,7 @@ class E2LLM(
 
     # ---- reading ---------------------------------------------------------------------------------------------
     def rank_chunks(self, question: str, context: CompressedContext) -> list[tuple[int, float]]:
-        """(chunk index, cosine similarity) for every chunk, most similar first, by the base encoder."""
+        """(chunk index, cosine similarity) for every chunk, most similar first, by `embed`'s sentence embeddings."""
         with self._stage("ranking"):
             chunks = context.ensure_retrieval_embeddings(self.embed)
             scores = (chunks @ self.embed([question])[0]).tolist()

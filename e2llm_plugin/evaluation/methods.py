@@ -44,7 +44,7 @@ DESCRIPTIONS = {
     "closed_book": "base decoder, the question alone (no context)",
     "truncation": "base decoder, the first context tokens that fit the window",
     "full_context": "base decoder, the whole context as text (only where it fits the window, else n/a)",
-    "rag_base": "base decoder, top chunks by the base encoder's cosine similarity, raw text, at hybrid's decoder-token budget",
+    "rag_base": "base decoder, top chunks by the encoder's cosine similarity, raw text, at hybrid's decoder-token budget",
     "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on QA with soft prompts, never on raw passages "
                  "alone)",
     "rag_ft": "the same passages read by a decoder LoRA fine-tuned for text RAG on the same QA data (--rag-model)",

@@ -4,7 +4,7 @@ A LlamaIndex `LLM` only ever receives one flat prompt string, so soft prompts ca
 answer synthesis instead: `E2LLMSynthesizer` receives the nodes themselves, compresses each node once (cached by
 content hash) and asks the E2LLM decoder; `E2LLMQueryEngine` is a retriever query engine built around it.
 `E2LLMCustomLLM` offers the same decoder for ordinary completion and chat calls, which compress nothing, and
-`E2LLMEmbedding` offers the base encoder as an offline embedding model for vector indexes.
+`E2LLMEmbedding` offers the encoder's sentence embeddings as an offline embedding model for vector indexes.
 
 Nothing here needs `Settings.llm` or `Settings.embed_model` (whose defaults want OpenAI).
 """
@@ -174,10 +174,11 @@ class E2LLMCustomLLM(CustomLLM):
 
 # ---- embeddings -------------------------------------------------------------------------------------------------
 class E2LLMEmbedding(BaseEmbedding):
-    """The E2LLM encoder's base sentence embedder (LoRA off) as an offline LlamaIndex embedding model.
+    """The E2LLM encoder's sentence embeddings (`E2LLM.embed`: its mean-pooled states) as an offline LlamaIndex
+    embedding model.
 
-    For the shipped checkpoint that is all-MiniLM-L6-v2, the same similarity hybrid reading ranks chunks by, so a
-    `VectorStoreIndex` can be built and queried with no embedding service. Texts longer than the encoder's window
+    For the shipped checkpoint that is all-MiniLM-L6-v2 with its LoRA: the same similarity hybrid reading ranks chunks
+    by, so a `VectorStoreIndex` can be built and queried with no embedding service. Texts longer than the encoder's window
     are truncated, so keep nodes short (`SentenceSplitter(chunk_size=256)`) when embedding with it.
     """
 
