@@ -42,14 +42,16 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
     assert {mode: copy.generate(question, context=ctx, mode=mode, max_new_tokens=24) for mode in answers} == answers
 
 
-# Answers of the shipped checkpoint, recorded before the refactors of issue 11 and 13 (greedy, 24 new tokens): a change
-# that alters how the model reads (prompt, chunking, tokenization, passages) shows up here.
+# Answers of the shipped checkpoint (greedy, 24 new tokens), recorded before the refactors of issues 11 and 13, which
+# left them all as they were: a change that alters how the model reads (prompt, chunking, tokenization, passages) shows
+# up here. Issue 12's ranking by the encoder's own states changed one, to the right answer (it was "Prime Minister Juha
+# SIPILA (since 29 May 2015)", the head of government); its bf16 inference encoder changed none.
 PINNED = {
     ("soft", "What is the national holiday of Finland?"): "Independence Day (19.000)",
     ("hybrid", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
     ("rag", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
     ("hybrid", "What is the capital of Finland?"): "Helsinki",
-    ("hybrid", "Who is the chief of state of Finland?"): "Prime Minister Juha SIPILA (since 29 May 2015)",
+    ("hybrid", "Who is the chief of state of Finland?"): "President Sauli NIINISTO (since 1 March 2012)",
 }
 
 
