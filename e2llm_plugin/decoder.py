@@ -129,12 +129,23 @@ class Decoder(nn.Module):
     def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None,
                      max_new_tokens: int = 0, history: list[dict] | None = None, cacheable: bool = False) -> Prompt:
         """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given.
-        `cacheable`: mark [template · soft] as a prefix whose KV cache `generate_ids` may reuse across questions.
+        `cacheable`: mark the positions up to the instruction's own words (template, soft tokens, raw passages) as a
+        prefix whose KV cache `generate_ids` may reuse for other questions.
 
         The paper's prompt is the last user turn, as in training; earlier chat turns (system included) come first."""
-        after = f" Relevant passages:\n{raw}\n" if raw else ""
-        after += f" Please follow the instruction: {instruction}"
-        prefix_ids, suffix_ids = self._encode_chat(list(history or []), around_slot=("Given the contexts: ", after))
+        def ids(instruction: str) -> list[torch.Tensor]:
+            after = f" Relevant passages:\n{raw}\n" if raw else ""
+            after += f" Please follow the instruction: {instruction}"
+            return self._encode_chat(list(history or []), around_slot=("Given the contexts: ", after))
+
+        prefix_ids, suffix_ids = ids(instruction)
+        shared = 0
+        if cacheable:  # the suffix tokens another question would share: found by tokenizing one, so exact
+            lead = ANSWER_INSTRUCTION.split("{question}")[0]
+            other = ids((lead if instruction.startswith(lead) else "") + "\u2063")[1]
+            shared = 0
+            while shared < min(len(suffix_ids), len(other)) - 1 and suffix_ids[shared] == other[shared]:
+                shared += 1  # at least one position is left to read with the question
         embed = self.model.get_input_embeddings()
         target_ids = prefix_ids[:0]
         if target is not None:
@@ -147,7 +158,7 @@ class Decoder(nn.Module):
         if target is not None:
             labels = torch.full(embeds.shape[:2], -100, dtype=torch.long, device=self.device)
             labels[0, embeds.shape[1] - len(target_ids) :] = target_ids
-        return Prompt(embeds, labels, prefix_tokens=len(prefix_ids) + len(soft) if cacheable else 0)
+        return Prompt(embeds, labels, prefix_tokens=len(prefix_ids) + len(soft) + shared if cacheable else 0)
 
     def chat_prompt(self, messages: list[dict], max_new_tokens: int = 0) -> Prompt:
         """A plain chat prompt, no soft tokens: the decoder as an ordinary chat model."""
