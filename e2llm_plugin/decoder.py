@@ -129,8 +129,8 @@ class Decoder(nn.Module):
     def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None,
                      max_new_tokens: int = 0, history: list[dict] | None = None, cacheable: bool = False) -> Prompt:
         """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given.
-        `cacheable`: mark the positions up to the instruction's own words (template, soft tokens, raw passages) as a
-        prefix whose KV cache `generate_ids` may reuse for other questions.
+        `cacheable`: mark [template · soft tokens] (in soft mode, on to the question's own words) as a prefix whose KV
+        cache `generate_ids` may reuse for other questions.
 
         The paper's prompt is the last user turn, as in training; earlier chat turns (system included) come first."""
         def ids(instruction: str) -> list[torch.Tensor]:
@@ -140,10 +140,11 @@ class Decoder(nn.Module):
 
         prefix_ids, suffix_ids = ids(instruction)
         shared = 0
-        if cacheable:  # the suffix tokens another question would share: found by tokenizing one, so exact
+        # In soft mode the cacheable prefix runs on through the instruction's fixed words, found by tokenizing another
+        # question (so it is exact). Raw passages change with the question: hybrid caches [template · soft] only.
+        if cacheable and not raw:
             lead = ANSWER_INSTRUCTION.split("{question}")[0]
             other = ids((lead if instruction.startswith(lead) else "") + "\u2063")[1]
-            shared = 0
             while shared < min(len(suffix_ids), len(other)) - 1 and suffix_ids[shared] == other[shared]:
                 shared += 1  # at least one position is left to read with the question
         embed = self.model.get_input_embeddings()
