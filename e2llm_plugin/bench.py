@@ -27,7 +27,6 @@ import resource
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -251,10 +250,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers.utils import logging as hf_logging
+    from .cli import quiet_libraries
 
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()
     try:
         results = run(argv)
     except E2LLMError as err:

@@ -54,12 +54,18 @@ def ask(args) -> None:
     print(f"[e2llm] mode {answer.mode}, {answer.prompt_tokens} decoder tokens read, answer in {seconds:.1f}s", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def quiet_libraries() -> None:
+    """Keep a command's terminal for what it says: no library deprecation notices or "Loading weights" bars."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # keep the terminal for the answer, not library deprecation notices
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         ask(args)
     except (E2LLMError, OSError) as err:

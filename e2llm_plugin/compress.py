@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from .documents import TEXT_SUFFIXES, read_file
@@ -94,10 +93,9 @@ def run(argv: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import json
 
-    from transformers.utils import logging as hf_logging
+    from .cli import quiet_libraries
 
-    hf_logging.set_verbosity_error()  # the terminal is for the progress bars and the summary
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()
     try:
         summary = run(argv)
     except (E2LLMError, OSError) as err:

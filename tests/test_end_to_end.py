@@ -69,6 +69,7 @@ def test_cli_answers_over_a_thirty_page_pdf(thirty_page_pdf):
                           capture_output=True, text=True, env=OFFLINE, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "30 page(s)" in proc.stderr and proc.stdout.strip()
+    assert "Loading weights" not in proc.stderr and "Warning" not in proc.stderr  # only what the tool says
 
 
 def test_installed_package_loads_its_shipped_checkpoint_from_anywhere(tmp_path):
