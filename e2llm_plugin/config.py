@@ -82,6 +82,11 @@ class LoraConfig:
                               f"model (e.g. {names[:8]})") from None
 
 
+def lora_versions(model) -> tuple:
+    """Changes whenever one of `model`'s LoRA weights is changed in place: torch counts tensor versions."""
+    return tuple(p._version for name, p in model.named_parameters() if "lora_" in name)
+
+
 def _decoder_lora() -> LoraConfig:
     return LoraConfig(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
 

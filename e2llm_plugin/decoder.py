@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import LoraConfig
+from .config import LoraConfig, lora_versions
 from .context import PrefixCache
 from .embedded import load_base
 from .errors import E2LLMError
@@ -202,8 +202,9 @@ class Decoder(nn.Module):
         if n == 0:
             return None, prompt.embeds
         prefix = prompt.embeds[:, :n]
-        # By content and LoRA state: the same template and soft tokens read by the same weights.
-        key = (hashlib.sha256(prefix.detach().to("cpu", torch.float32).numpy().tobytes()).hexdigest(), self.lora_active)
+        # By content and weights: the same template and soft tokens, read by the same LoRA, on or off.
+        digest = hashlib.sha256(prefix.detach().to("cpu", torch.float32).numpy().tobytes()).hexdigest()
+        key = (digest, self.lora_active, lora_versions(self.model))
         cache = prefix_cache.get(key) if prefix_cache is not None else None
         if cache is None:
             cache = self.model(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).cache

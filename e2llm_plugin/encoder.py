@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .adapter import mean_pool
-from .config import LoraConfig
+from .config import LoraConfig, lora_versions
 from .embedded import load_base
 
 
@@ -23,7 +23,8 @@ def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively here (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, so absent from some torch builds
+    return device.type == "cpu" and check is not None and check()
 
 
 class ChunkEncoder(nn.Module):
@@ -60,12 +61,10 @@ class ChunkEncoder(nn.Module):
             return torch.bfloat16
         return torch.float32
 
-    def lora_versions(self) -> tuple:
-        """Changes whenever a LoRA weight is changed in place (an optimizer step, a load): torch counts tensor versions."""
-        return tuple(p._version for name, p in self.model.named_parameters() if "lora_" in name)
-
     def _inference_model(self) -> nn.Module:
-        versions = self.lora_versions()
+        # Rebuilt when a LoRA weight changes in place (an optimizer step, a load: torch counts tensor versions) or the
+        # model moves to another device.
+        versions = (self.device, *lora_versions(self.model))
         with self._lock:
             if self._inference is None or self._inference[0] != versions:
                 frozen = copy.deepcopy(self.model)

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import LOREM
+from conftest import LOREM, build_tiny_model
 
 from e2llm_plugin import E2LLM, CompressedContext, E2LLMConfig, E2LLMError
 from e2llm_plugin.adapter import VPMA, MLPAdapter
@@ -413,3 +413,16 @@ def test_a_checkpoint_of_version_0_1_0_still_loads(tiny_checkpoint, tmp_path):
     (old / "config.json").write_text(json.dumps(config))
     loaded = E2LLM.from_pretrained(old)
     assert loaded.config == E2LLM.from_pretrained(tiny_checkpoint).config
+
+
+def test_a_cached_prefix_is_not_reused_once_the_decoder_lora_changes(tiny_config):
+    model = build_tiny_model(tiny_config, seed=5)
+    ctx = model.compress(DOCS)
+    model.generate("When is the National Day?", context=ctx, max_new_tokens=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("decoder.") and "lora_B" in name:
+                p.add_(0.05)  # as a training step would
+    again = model.generate("When is the National Day?", context=ctx, max_new_tokens=4)
+    assert len(ctx.prefix_cache) == 2  # a new prefix for the new weights, not the stale one
+    assert again == model.generate("When is the National Day?", context=model.compress(DOCS), max_new_tokens=4)
