@@ -1,15 +1,17 @@
-"""Training throughput of E2LLM on this machine, with a per-step breakdown.
+"""Training throughput of E2LLM on this machine: a baseline setting against a faster one, in the same run.
 
-    python benchmarks/train_throughput.py --data data/v1/train.jsonl --steps 20
+    python benchmarks/train_throughput.py --data data/v2/train.jsonl --steps 12 --batch-size 4
 
-Runs the same work as one finetune step (`model(task)`: the paper's two tasks, LoRA on encoder and decoder, the
-adapter) on the embedded models, timing the encoder, adapter and decoder forwards (by hooks), backward and optimizer.
-Prints examples/s and encoder tokens/s. Not a test: numbers depend on the machine.
+Runs the work of finetune steps (`model(tasks, mode)`: the paper's two tasks, LoRA on encoder and decoder, the
+adapter; forward, backward, AdamW) on the embedded models, first as the baseline (fp32, one example per forward), then
+with bf16 autocast around the frozen base models and `--batch-size` examples per padded forward. Both read the same
+examples. Prints examples/s of each, their ratio, and the per-step breakdown. Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import time
 from collections import defaultdict
@@ -33,49 +35,67 @@ def time_children(model: torch.nn.Module, times: dict) -> None:
         child.register_forward_hook(stop)
 
 
+def measure(model: E2LLM, examples: list, batch_size: int, bf16: bool, mode: str, warmup: int) -> dict:
+    """Examples/s over `examples` (lists of tasks), `batch_size` examples per forward; the first `warmup` batches untimed."""
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6)
+    times: dict = defaultdict(float)
+    step_times: dict = defaultdict(float)
+    time_children(model, step_times)
+    batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+    done = 0
+    for index, batch in enumerate(batches):
+        step_times.clear()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        clock = time.perf_counter()
+        tasks = [task for example in batch for task in example]
+        with autocast:
+            losses = model(tasks, mode)
+        step_times["forward"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        losses.sum().backward()
+        step_times["backward"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_times["optimizer"] = time.perf_counter() - clock
+        if index >= warmup:
+            done += len(batch)
+            for k, v in step_times.items():
+                times[k] += v
+    for child in model.children():  # drop the hooks, so the next setting times only itself
+        child._forward_hooks.clear()
+        child._forward_pre_hooks.clear()
+    total = times["forward"] + times["backward"] + times["optimizer"]
+    return {"examples": done, "seconds": total, "per_s": done / total, "times": dict(times)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped one)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--mode", default="hybrid", help="how QA examples are read")
+    parser.add_argument("--steps", type=int, default=12, help="timed batches of the faster setting")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
     args = parser.parse_args()
 
-    model = E2LLM.from_pretrained(args.model)
+    model = E2LLM.from_pretrained(args.model, store=False)
     model.train()
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
     data = JsonlDataset(args.data)
     rng = random.Random(0)
-    times, examples, source_tokens = defaultdict(float), 0, 0
-    step_times: dict = defaultdict(float)
-    time_children(model, step_times)
-
-    for step in range(args.warmup + args.steps):
-        record = data.read(rng.randrange(len(data)))
-        tasks = make_tasks(record, model, rng, understanding_ratio=0.5, window_chunks=2)
-        step_times.clear()
-        clock = time.perf_counter()
-        for task in tasks:
-            loss = model(task)  # the same forward as a finetune step: the model owns its loss
-            step_times["forward"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            loss.backward()
-            step_times["backward"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_times["optimizer"] += time.perf_counter() - clock
-        if step >= args.warmup:
-            examples += 1
-            source_tokens += sum(c.num_tokens for task in tasks for c in task.chunks)
-            for k, v in step_times.items():
-                times[k] += v
-
-    total = times["forward"] + times["backward"] + times["optimizer"]
-    print(f"threads {torch.get_num_threads()}, {args.steps} steps (1 example each, {examples} examples)")
-    print(f"examples/s {examples / total:.3f}   encoder tokens/s {source_tokens / total:.0f}")
-    parts = ("encoder", "adapter", "decoder", "backward", "optimizer")
-    print("per step:  " + "   ".join(f"{k} {times[k] / args.steps * 1000:.0f} ms ({times[k] / total:.0%})" for k in parts))
+    n = (args.warmup + args.steps) * args.batch_size
+    examples = [make_tasks(data.read(rng.randrange(len(data))), model, rng, 0.3, 2) for _ in range(n)]
+    print(f"threads {torch.get_num_threads()}, {n} examples ({sum(map(len, examples))} tasks), mode {args.mode}")
+    results = {}
+    for name, batch_size, bf16 in (("baseline fp32, 1 per forward", 1, False),
+                                   (f"bf16 autocast, {args.batch_size} per forward", args.batch_size, True)):
+        r = measure(model, examples, batch_size, bf16, args.mode, warmup=args.warmup * args.batch_size // batch_size)
+        results[name] = r
+        parts = ("encoder", "adapter", "decoder", "backward", "optimizer")
+        print(f"{name}: {r['per_s']:.3f} examples/s ({r['examples']} examples in {r['seconds']:.1f} s); per example: "
+              + "   ".join(f"{k} {r['times'].get(k, 0) / r['examples'] * 1000:.0f} ms" for k in parts))
+    base, fast = results.values()
+    print(f"speed-up: {fast['per_s'] / base['per_s']:.2f}x examples/s")
 
 
 if __name__ == "__main__":

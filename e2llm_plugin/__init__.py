@@ -4,7 +4,7 @@ The core (`E2LLM`, `E2LLMConfig`) needs only torch and transformers; the integra
 lazily, on first use of `E2LLMQueryEngine`, `ChatE2LLM` or `create_e2llm_chain`.
 """
 
-from .config import E2LLMConfig
+from .config import E2LLMConfig, GenerationConfig
 from .context import CompressedContext
 from .errors import E2LLMError
 from .model import E2LLM
@@ -20,7 +20,7 @@ _LAZY = {
     "create_e2llm_chain": "e2llm_plugin.integrations.langchain",
 }
 
-__all__ = ["E2LLM", "E2LLMConfig", "E2LLMError", "CompressedContext", *_LAZY]
+__all__ = ["E2LLM", "E2LLMConfig", "GenerationConfig", "E2LLMError", "CompressedContext", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -87,6 +87,35 @@ def lora_versions(model) -> tuple:
     return tuple(p._version for name, p in model.named_parameters() if "lora_" in name)
 
 
+@dataclass
+class GenerationConfig:
+    """How answers are decoded: greedy (deterministic) unless a temperature is set. The repetition controls look at the
+    answer's own tokens only: transformers' `repetition_penalty` also penalises the prompt's tokens in a decoder-only
+    model, which would keep the answer from copying words out of the raw passages."""
+
+    repetition_penalty: float = setting(1.0, help="divide the logits of tokens already generated in this answer by it "
+                                        "(1: off)", low=1.0, high=10.0)
+    no_repeat_ngram_size: int = setting(0, help="never generate the same n-gram twice in one answer (0: off)", low=0, high=64)
+    temperature: float = setting(0.0, help="0: greedy; above 0, sample from the softmax at this temperature", low=0.0,
+                                 high=100.0)
+    top_p: float = setting(1.0, help="when sampling: the smallest set of tokens whose probability reaches top_p",
+                           low=0.0, high=1.0)
+    top_k: int = setting(0, help="when sampling: only the k most likely tokens (0: all)", low=0)
+    seed: int | None = setting(None, help="when sampling: seed of the random generator, for repeatable answers")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.top_p == 0.0:
+            raise ConfigError("top_p must be above 0 (1.0 keeps every token)")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> GenerationConfig:
+        """A copy with `overrides` (per-call options such as temperature=0.7); unknown names are a ConfigError."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown generation option(s) {unknown}; choose from {[f.name for f in fields(self)]}")
+        return GenerationConfig(**{**asdict(self), **overrides}) if overrides else self
+
+
 def _decoder_lora() -> LoraConfig:
     return LoraConfig(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
 
@@ -117,6 +146,7 @@ class E2LLMConfig:
     hybrid_raw_tokens: int = setting(256, help="decoder tokens of raw passages hybrid reads beside the soft tokens",
                                      flag=READING, low=0, high=1_000_000)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
+    generation: GenerationConfig = setting(factory=GenerationConfig, help="how answers are decoded (greedy by default)")
     encoder_batch_size: int = setting(32, help="chunks encoded per forward pass", low=1, high=65536)
     encoder_precision: Precision = setting("auto", help="weights of the frozen encoder that compresses at inference (LoRA "
                                            "merged): bf16 where the hardware runs it natively (auto), or fp32 everywhere")
@@ -146,13 +176,13 @@ class E2LLMConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(f"unknown config keys {unknown}; this checkpoint needs a newer e2llm_plugin")
-        for name in ("encoder_lora", "decoder_lora"):
+        for name, kind in (("encoder_lora", LoraConfig), ("decoder_lora", LoraConfig), ("generation", GenerationConfig)):
             if isinstance(data.get(name), dict):
                 sub = data[name]
-                extra = sorted(set(sub) - {f.name for f in fields(LoraConfig)})
+                extra = sorted(set(sub) - {f.name for f in fields(kind)})
                 if extra:
                     raise CheckpointError(f"unknown {name} keys {extra}; this checkpoint needs a newer e2llm_plugin")
-                data[name] = LoraConfig(**sub)
+                data[name] = kind(**sub)
         return cls(**data)
 
     @classmethod

@@ -4,7 +4,8 @@ Prompt (inside the decoder's own chat template)::
 
     Given the contexts: [c_1 ... c_N] [Relevant passages: raw text]? Please follow the instruction: {instruction}
 
-Generation runs from `inputs_embeds` with a KV cache: greedy by default, one token at a time, so it streams.
+Generation runs from `inputs_embeds` with a KV cache, one token at a time, so it streams: greedy by default, with a
+repetition penalty, n-gram blocking and sampling as `GenerationConfig` asks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import LoraConfig, lora_versions
+from .config import GenerationConfig, LoraConfig, lora_versions
 from .context import PrefixCache
 from .embedded import load_base
 from .errors import E2LLMError
@@ -40,6 +41,11 @@ class Prompt:
     @property
     def num_tokens(self) -> int:
         return self.embeds.shape[1]
+
+    @property
+    def target_ids(self) -> torch.Tensor:
+        """The labelled target tokens (the prompt's last positions)."""
+        return self.labels[0][self.labels[0] != -100]
 
 
 class Decoder(nn.Module):
@@ -174,24 +180,44 @@ class Decoder(nn.Module):
                 f"reads at most {self.max_tokens}; use fewer or shorter documents, larger chunks, or fewer soft tokens per chunk"
             )
 
-    def forward(self, prompt: Prompt) -> torch.Tensor:
-        """The training loss: next-token cross-entropy on the prompt's labelled (target) positions."""
-        return self.model(inputs_embeds=prompt.embeds, labels=prompt.labels).loss
+    def target_logits(self, prompts: list[Prompt]) -> list[torch.Tensor]:
+        """For each training prompt, the logits (target tokens, vocab) that predict its target: the prompts are read in
+        one forward, right-padded, and the vocabulary projection runs only where a target token is predicted."""
+        width = max(p.num_tokens for p in prompts)
+        pad = prompts[0].embeds.new_zeros(1, 1, self.dim)
+        embeds = torch.cat([torch.cat([p.embeds, pad.expand(1, width - p.num_tokens, -1)], dim=1) for p in prompts])
+        mask = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        for i, p in enumerate(prompts):
+            mask[i, : p.num_tokens] = 1
+        model = self.model.get_base_model() if self.has_lora else self.model  # LoRA layers live inside it
+        states = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        # The position before each target token predicts it.
+        rows = [states[i, p.num_tokens - len(p.target_ids) - 1 : p.num_tokens - 1] for i, p in enumerate(prompts)]
+        return list(model.get_output_embeddings()(torch.cat(rows)).split([len(r) for r in rows]))
 
     # ---- generation -----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate_ids(self, prompt: Prompt, max_new_tokens: int, prefix_cache: PrefixCache | None = None) -> Iterator[int]:
-        """Greedy decoding with a KV cache; yields token ids until a stop token or the limit.
+    def generate_ids(self, prompt: Prompt, max_new_tokens: int, prefix_cache: PrefixCache | None = None,
+                     generation: GenerationConfig | None = None) -> Iterator[int]:
+        """Decoding with a KV cache (greedy unless `generation` sets a temperature); yields token ids until a stop token
+        or the limit.
 
         A prompt with a cacheable prefix is prefilled in two steps, prefix then the rest, whether or not `prefix_cache`
         already holds the prefix's KV cache: so a reused prefix gives exactly the answer a fresh one gives."""
+        generation = generation or GenerationConfig()
+        rng = None
+        if generation.temperature > 0:
+            rng = torch.Generator(device="cpu")
+            rng.manual_seed(generation.seed if generation.seed is not None else int(torch.randint(2**62, ()).item()))
         cache, rest = self._prefix(prompt, prefix_cache)
         # logits_to_keep=1: the prefill needs the next-token logits only, not (L x vocab) of them.
         out = self.model(inputs_embeds=rest, cache=cache, use_cache=True, logits_to_keep=1)
+        answer: list[int] = []
         for _ in range(max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
+            token = next_token(out.logits[0, -1].float().cpu(), answer, generation, rng)
             if token in self.stop_ids:
                 return
+            answer.append(token)
             yield token
             ids = torch.tensor([[token]], device=self.device)
             out = self.model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
@@ -214,13 +240,13 @@ class Decoder(nn.Module):
         return copy.deepcopy(cache), prompt.embeds[:, n:]
 
     def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None,
-                    prefix_cache: PrefixCache | None = None) -> Iterator[str]:
+                    prefix_cache: PrefixCache | None = None, generation: GenerationConfig | None = None) -> Iterator[str]:
         """Text pieces whose concatenation is the answer; ends early at the first `stop` string (not included)."""
         stop = [s for s in (stop or []) if s]
         ids: list[int] = []
         emitted = 0  # characters already yielded
         text = ""
-        for token in self.generate_ids(prompt, max_new_tokens, prefix_cache):
+        for token in self.generate_ids(prompt, max_new_tokens, prefix_cache, generation):
             ids.append(token)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
@@ -238,6 +264,32 @@ class Decoder(nn.Module):
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
         if cut > emitted:
             yield text[emitted:cut]
+
+
+def next_token(logits: torch.Tensor, answer: list[int], generation: GenerationConfig,
+               rng: torch.Generator | None) -> int:
+    """The next token from the vocabulary's logits, given the answer's tokens so far: the repetition penalty and n-gram
+    blocking look at the answer only (never the prompt), then greedy, or sampling with temperature, top-k and top-p."""
+    if generation.repetition_penalty != 1.0 and answer:
+        seen = torch.tensor(sorted(set(answer)))
+        values = logits[seen]
+        logits[seen] = torch.where(values > 0, values / generation.repetition_penalty, values * generation.repetition_penalty)
+    n = generation.no_repeat_ngram_size
+    if n and len(answer) >= n - 1:
+        head = tuple(answer[len(answer) - n + 1 :])
+        banned = [answer[i + n - 1] for i in range(len(answer) - n + 1) if tuple(answer[i : i + n - 1]) == head]
+        logits[banned] = float("-inf")
+    if generation.temperature == 0:
+        return int(logits.argmax())
+    logits = logits / generation.temperature
+    if generation.top_k:
+        logits[logits < logits.topk(min(generation.top_k, len(logits))).values[-1]] = float("-inf")
+    if generation.top_p < 1.0:
+        ordered, order = logits.sort(descending=True)
+        # Drop tokens once the ones before them already reach top_p (the most likely token always stays).
+        drop = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= generation.top_p
+        logits[order[drop]] = float("-inf")
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=rng))
 
 
 def _held_back(text: str, stops: list[str]) -> int:

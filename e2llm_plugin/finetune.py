@@ -100,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--weight-decay", type=float, default=0.0)
     loop.add_argument("--warmup-steps", type=int, default=20)
     loop.add_argument("--max-grad-norm", type=float, default=1.0)
-    loop.add_argument("--grad-accum", type=int, default=1, help="examples per optimizer step and process")
+    loop.add_argument("--batch-size", type=int, default=1, help="examples read in one padded forward")
+    loop.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step and process")
     loop.add_argument("--seed", type=int, default=0)
     loop.add_argument("--save-every", type=int, default=100)
     loop.add_argument("--eval-every", type=int, default=100)
     loop.add_argument("--eval-examples", type=int, default=64)
     loop.add_argument("--keep-checkpoints", type=int, default=2)
     loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                      help="auto: bf16 on GPUs that have it, else fp32")
+                      help="bf16 autocast around the frozen base models (the trained weights stay fp32); auto: bf16 where "
+                      "the hardware runs it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX), else fp32")
 
     tasks = p.add_argument_group("tasks")
     tasks.add_argument("--mode", choices=MODES, default="soft",
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--understanding-weight", type=float, default=1.0)
     tasks.add_argument("--reasoning-weight", type=float, default=1.0)
     tasks.add_argument("--window-chunks", type=int, default=2, help="chunks per understanding window")
+    tasks.add_argument("--soft-ratio", type=float, default=0.0,
+                       help="with --mode hybrid: share of QA tasks read from the soft tokens alone")
+    tasks.add_argument("--answer-out-ratio", type=float, default=0.0,
+                       help="with --mode hybrid: share of QA tasks whose answer-holding chunks are kept out of the raw "
+                       "passages (the answer must be read from the soft tokens; the other passages stay, as distractors)")
+    tasks.add_argument("--distill", type=float, default=0.0,
+                       help="weight of a KL term to the base decoder reading the answer's raw passages (a teacher beside "
+                       "the gold answer); costs one more no-grad decoder pass per QA task")
     tasks.add_argument("--max-chunks", type=int, default=96, help="tasks with more chunks are skipped (and counted)")
 
     model = p.add_argument_group("model (new runs; with --from, only reading settings and a larger k)")
@@ -130,9 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a) -> None:
-    for name in ("grad_accum", "save_every", "keep_checkpoints", "window_chunks", "max_chunks"):
+    for name in ("batch_size", "grad_accum", "save_every", "keep_checkpoints", "window_chunks", "max_chunks"):
         if getattr(a, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("soft_ratio", "answer_out_ratio"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise DataError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
+    if a.distill < 0:
+        raise DataError(f"--distill must be >= 0, got {a.distill}")
     if a.max_steps is not None and a.max_steps < 1:
         raise DataError("--max-steps must be >= 1")
     if not 0 <= a.understanding_ratio <= 1:
@@ -244,7 +259,10 @@ def run(argv: list[str] | None = None) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    from .encoder import bf16_is_fast
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and bf16_is_fast(device))
     # cpu=True is what makes Accelerate start a gloo process group under torchrun on a machine without GPUs.
     acc = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
     output = Path(args.output)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .adapter import build_adapter, mean_pool
 from .chunking import Chunk, Chunker, segments, validate_documents
-from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, E2LLMConfig, Mode, check_mode
+from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, E2LLMConfig, GenerationConfig, Mode, check_mode
 from .context import CompressedContext, PrefixCache, count_cl100k
 from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, Prompt
 from .encoder import ChunkEncoder
@@ -308,10 +308,14 @@ class E2LLM(
             scores = (chunks @ self.embed([question])[0]).tolist()
         return sorted(enumerate(scores), key=lambda item: -item[1])
 
-    def select_passages(self, question: str, context: CompressedContext, budget: int) -> list[tuple[int, float]]:
-        """The most similar chunks whose raw text fits `budget` decoder tokens, in document order."""
+    def select_passages(self, question: str, context: CompressedContext, budget: int, *, exclude=frozenset(),
+                        include=frozenset()) -> list[tuple[int, float]]:
+        """The most similar chunks whose raw text fits `budget` decoder tokens, in document order. Training steers it:
+        chunks in `exclude` are never chosen, chunks in `include` are taken first."""
+        ranked = [item for item in self.rank_chunks(question, context) if item[0] not in exclude]
+        ranked.sort(key=lambda item: item[0] not in include)  # stable: similarity order within each group
         chosen, used = [], 0
-        for index, score in self.rank_chunks(question, context):
+        for index, score in ranked:
             cost = self.count_tokens(context.chunks[index].text)
             if used + cost <= budget:
                 chosen.append((index, score))
@@ -344,9 +348,10 @@ class E2LLM(
         return context.num_chunks * self.config.soft_tokens_per_chunk + self.config.hybrid_raw_tokens
 
     def _prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None,
-                history: list[dict] | None = None, raw_tokens: int | None = None) -> tuple[Prompt, list, int]:
-        """The decoder's prompt for a question over a context, the raw passages it includes (hybrid, rag), and how many
-        chunks it reads (as soft tokens, or as passages in rag mode)."""
+                history: list[dict] | None = None, raw_tokens: int | None = None, exclude=frozenset(),
+                include=frozenset()) -> tuple[Prompt, list, int]:
+        """The decoder's prompt for a question over a context, the raw passages it includes (hybrid, rag; `exclude` and
+        `include` steer their choice in training), and how many chunks it reads (as soft tokens, or passages in rag)."""
         instruction = ANSWER_INSTRUCTION.format(question=question)
         if mode == "rag":  # raw text of the best chunks in the context slot, where soft tokens would go
             budget = self.rag_budget(context) if raw_tokens is None else raw_tokens
@@ -354,7 +359,7 @@ class E2LLM(
             frame = self.decoder.build_prompt(self.decoder.text_embeddings(""), instruction, history=history).num_tokens
             reserve = max_new_tokens if target is None else self.count_tokens(target) + 1  # room for the answer
             budget = min(budget, self.decoder.max_tokens - frame - reserve)
-            passages = self.select_passages(question, context, budget)
+            passages = self.select_passages(question, context, budget, exclude=exclude, include=include)
             text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
             slot = self.decoder.text_embeddings(text, max_tokens=budget)
             prompt = self.decoder.build_prompt(slot, instruction, target=target, max_new_tokens=max_new_tokens, history=history)
@@ -365,7 +370,7 @@ class E2LLM(
         raw = None
         budget = self.config.hybrid_raw_tokens if raw_tokens is None else raw_tokens
         if mode == "hybrid" and budget > 0:
-            passages = self.select_passages(question, context, budget)
+            passages = self.select_passages(question, context, budget, exclude=exclude, include=include)
             raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
         read = self._chunks_that_fit(question, context, instruction, raw, max_new_tokens, history, training=target is not None)
         soft = (context.soft_tokens if len(read) == len(context.chunks) else context.soft_tokens[read]).flatten(0, 1)
@@ -393,12 +398,14 @@ class E2LLM(
 
     def answer(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
                max_new_tokens: int | None = None, stop: list[str] | None = None, history: list[dict] | None = None,
-               raw_tokens: int | None = None) -> Answer:
+               raw_tokens: int | None = None, **generation) -> Answer:
         """Prepare an answer: validates everything up front, then iterate the result for text pieces.
 
         `history`: earlier chat turns (``{"role", "content"}`` dicts, a system message included) placed before the
         question's turn, which holds the compressed context. `raw_tokens`: decoder tokens of raw passages to read in
-        hybrid and rag modes, instead of the config's budget."""
+        hybrid and rag modes, instead of the config's budget. `generation`: options of `GenerationConfig` for this
+        answer (temperature, top_p, top_k, seed, repetition_penalty, no_repeat_ngram_size) over the config's."""
+        decoding = self.config.generation.with_overrides(generation)
         question = self.check_question(question)
         mode = check_mode(mode) or self.config.mode
         if raw_tokens is not None and (not _is_int(raw_tokens) or raw_tokens < 0):
@@ -410,12 +417,13 @@ class E2LLM(
         with torch.inference_mode():
             prompt, passages, read = self._prompt(question, context, mode, max_new_tokens, history=history, raw_tokens=raw_tokens)
         result = Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages, chunks_read=read)
-        return self._start(result, prompt, max_new_tokens, stop, context.prefix_cache)
+        return self._start(result, prompt, max_new_tokens, stop, decoding, context.prefix_cache)
 
     def answer_text(self, question: str, text: str, max_text_tokens: int | None = None, max_new_tokens: int | None = None,
-                    stop: list[str] | None = None) -> Answer:
+                    stop: list[str] | None = None, **generation) -> Answer:
         """Answer from raw text placed where the soft tokens go (its first `max_text_tokens` decoder tokens, if given):
         the paper's prompt read as plain text, as the text baselines of an evaluation read it."""
+        decoding = self.config.generation.with_overrides(generation)
         question = self.check_question(question)
         if not isinstance(text, str):
             raise E2LLMError(f"text must be a string, got {type(text).__name__}")
@@ -425,20 +433,23 @@ class E2LLM(
             slot = self.decoder.text_embeddings(text, max_text_tokens)
             prompt = self.decoder.build_prompt(slot, ANSWER_INSTRUCTION.format(question=question), max_new_tokens=max_new_tokens)
         result = Answer(context=None, mode="text", prompt_tokens=prompt.num_tokens)
-        return self._start(result, prompt, max_new_tokens, _check_stop(stop))
+        return self._start(result, prompt, max_new_tokens, _check_stop(stop), decoding)
 
     def chat(self, messages: list[dict], documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
-             max_new_tokens: int | None = None, stop: list[str] | None = None) -> Answer:
+             max_new_tokens: int | None = None, stop: list[str] | None = None, **generation) -> Answer:
         """A chat turn. With documents or a context, the last user message is the question over them and earlier
         turns stay real turns; without, the decoder answers as a plain chat model (nothing is compressed)."""
         messages = _check_messages(messages, final_user=True)
         if documents is not None or context is not None:
-            return self.answer(messages[-1]["content"], documents, context, mode, max_new_tokens, stop, history=messages[:-1])
+            return self.answer(messages[-1]["content"], documents, context, mode, max_new_tokens, stop, history=messages[:-1],
+                               **generation)
+        decoding = self.config.generation.with_overrides(generation)
         max_new_tokens = self._check_max_new_tokens(max_new_tokens)
         stop = _check_stop(stop)
         with torch.inference_mode():
             prompt = self.decoder.chat_prompt(messages, max_new_tokens)
-        return self._start(Answer(context=None, mode="chat", prompt_tokens=prompt.num_tokens), prompt, max_new_tokens, stop)
+        return self._start(Answer(context=None, mode="chat", prompt_tokens=prompt.num_tokens), prompt, max_new_tokens, stop,
+                           decoding)
 
     def _check_max_new_tokens(self, max_new_tokens) -> int:
         max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -446,9 +457,10 @@ class E2LLM(
             raise E2LLMError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         return max_new_tokens
 
-    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str],
+    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str], generation: GenerationConfig,
                prefix_cache: PrefixCache | None = None) -> Answer:
-        result._pieces = self._counted(result, self.decoder.stream_text(prompt, max_new_tokens, stop, prefix_cache))
+        result._pieces = self._counted(result, self.decoder.stream_text(prompt, max_new_tokens, stop, prefix_cache,
+                                                                        generation))
         return result
 
     def _counted(self, result: Answer, pieces: Iterator[str]) -> Iterator[str]:
@@ -456,15 +468,16 @@ class E2LLM(
         result.completion_tokens = self.count_tokens(result.text)
 
     def generate(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
-                 max_new_tokens: int | None = None, stop: list[str] | None = None) -> str:
-        """Answer `question` from whole documents (or a context from `compress`). Greedy, so deterministic."""
-        result = self.answer(question, documents, context, mode, max_new_tokens, stop)
+                 max_new_tokens: int | None = None, stop: list[str] | None = None, **generation) -> str:
+        """Answer `question` from whole documents (or a context from `compress`). Greedy, so deterministic, unless
+        `generation` options (temperature=0.7, top_p=0.9, seed=0, ...) or the config's `generation` ask to sample."""
+        result = self.answer(question, documents, context, mode, max_new_tokens, stop, **generation)
         return "".join(result)
 
     def stream(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
-               max_new_tokens: int | None = None, stop: list[str] | None = None) -> Iterator[str]:
+               max_new_tokens: int | None = None, stop: list[str] | None = None, **generation) -> Iterator[str]:
         """Like `generate`, yielding text pieces as they are decoded; they join to `generate`'s answer."""
-        return iter(self.answer(question, documents, context, mode, max_new_tokens, stop))
+        return iter(self.answer(question, documents, context, mode, max_new_tokens, stop, **generation))
 
     @torch.inference_mode()
     def restate(self, chunks: list[Chunk], max_new_tokens: int | None = None) -> str:
@@ -472,7 +485,7 @@ class E2LLM(
         soft = self.soft_tokens([c.text for c in chunks])
         max_new_tokens = self._check_max_new_tokens(max_new_tokens)
         prompt = self.decoder.build_prompt(soft.flatten(0, 1), RESTATE_INSTRUCTION, max_new_tokens=max_new_tokens)
-        return "".join(self.decoder.stream_text(prompt, max_new_tokens))
+        return "".join(self.decoder.stream_text(prompt, max_new_tokens, generation=self.config.generation))
 
     @contextlib.contextmanager
     def base_decoder(self) -> Iterator[E2LLM]:
@@ -489,19 +502,44 @@ class E2LLM(
                 self.decoder.lora_active = True
 
     # ---- training --------------------------------------------------------------------------------------------
-    def forward(self, task: Task, mode: Mode | None = None) -> torch.Tensor:
-        """The training loss of one task: restate its chunks, or answer its question reading them in `mode`."""
-        if task.kind == "understanding":
-            soft = self.soft_tokens([c.text for c in task.chunks])
-            prompt = self.decoder.build_prompt(soft.flatten(0, 1), RESTATE_INSTRUCTION, target=task.target)
-        else:
-            mode = mode or self.config.mode
-            states, mask = self.encoder([c.text for c in task.chunks])
-            soft = None if mode == "rag" else self.adapter(states, mask)  # rag reads raw text only
-            ranking = nn.functional.normalize(mean_pool(states.detach(), mask), dim=-1)  # the same pass ranks the chunks
-            context = CompressedContext(task.chunks, soft, num_documents=1, num_source_tokens=0, retrieval_embeddings=ranking)
-            prompt, _, _ = self._prompt(task.question, context, mode, target=task.target)
-        return self.decoder(prompt)
+    def forward(self, tasks: Task | Sequence[Task], mode: Mode | None = None, distill: float = 0.0) -> torch.Tensor:
+        """The training loss: restate a task's chunks, or answer its question reading them in its mode (else `mode`).
+
+        A list of tasks is read as one batch: one encoder pass over their distinct chunks (a restate window repeats
+        chunks of its record's question), one padded decoder pass; the result is one loss per task. `distill` > 0 adds
+        that weight times the KL divergence from a teacher, the same decoder without its LoRA reading the raw passages
+        that hold the answer, to the student's next-token distributions over the answer (xRAG's recipe)."""
+        if isinstance(tasks, Task):
+            return self.forward([tasks], mode, distill)[0]
+        texts = list(dict.fromkeys(c.text for task in tasks for c in task.chunks))
+        row = {text: i for i, text in enumerate(texts)}
+        states, mask = self.encoder(texts)
+        soft = self.adapter(states, mask)
+        ranking = nn.functional.normalize(mean_pool(states.detach(), mask), dim=-1)  # the same pass ranks the chunks
+        prompts, contexts = [], []
+        for task in tasks:
+            rows = [row[c.text] for c in task.chunks]
+            if task.kind == "understanding":
+                prompts.append(self.decoder.build_prompt(soft[rows].flatten(0, 1), RESTATE_INSTRUCTION, target=task.target))
+                contexts.append(None)
+                continue
+            read = task.mode or mode or self.config.mode
+            context = CompressedContext(task.chunks, None if read == "rag" else soft[rows], num_documents=1,
+                                        num_source_tokens=0, retrieval_embeddings=ranking[rows])
+            prompts.append(self._prompt(task.question, context, read, target=task.target, exclude=task.hidden)[0])
+            contexts.append(context if read != "rag" else None)
+        logits = self.decoder.target_logits(prompts)
+        losses = torch.stack([nn.functional.cross_entropy(z.float(), p.target_ids) for z, p in zip(logits, prompts, strict=True)])
+        if distill > 0:
+            taught = [i for i, context in enumerate(contexts) if context is not None]
+            with torch.no_grad(), self.base_decoder():
+                teacher = self.decoder.target_logits([
+                    self._prompt(tasks[i].question, contexts[i], "rag", target=tasks[i].target,
+                                 include=tasks[i].answer_chunks())[0] for i in taught])
+            kl = {i: nn.functional.kl_div(logits[i].float().log_softmax(-1), t.float().log_softmax(-1), log_target=True,
+                                          reduction="batchmean") for i, t in zip(taught, teacher, strict=True)}
+            losses = losses + distill * torch.stack([kl.get(i, losses.new_zeros(())) for i in range(len(tasks))])
+        return losses
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter and LoRA parameters, switched to require gradients; the base models stay frozen."""

@@ -3,7 +3,7 @@
 * understanding: restate a window of a few chunks from their soft tokens;
 * reasoning: answer a question from the soft tokens of the whole context (plus raw passages in hybrid mode).
 
-`E2LLM.forward(task)` turns a task into a loss; `E2LLM.restate(chunks)` performs the understanding task.
+`E2LLM.forward(tasks)` turns tasks into losses; `E2LLM.restate(chunks)` performs the understanding task.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .chunking import Chunk
+from .config import Mode
 
 
 @dataclass
@@ -21,6 +22,17 @@ class Task:
     chunks: list[Chunk]
     target: str  # the restated text, or the answer
     question: str | None = None  # reasoning only
+    mode: Mode | None = None  # how a reasoning task is read; None: the mode `forward` is given
+    # Chunks hybrid must not read as raw passages (those holding the answer, in a share of training examples): the
+    # decoder has to find the answer in their soft tokens.
+    hidden: frozenset[int] = frozenset()
+
+    def answer_chunks(self) -> frozenset[int]:
+        """Indices of the chunks whose text holds the answer (empty for restating, or an answer spread over chunks)."""
+        if self.kind != "reasoning":
+            return frozenset()
+        needle = self.target.strip().lower()
+        return frozenset(i for i, c in enumerate(self.chunks) if needle and needle in c.text.lower())
 
 
 def restate_task(chunks: list[Chunk], rng: random.Random, window_chunks: int) -> Task | None:

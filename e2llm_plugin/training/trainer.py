@@ -6,6 +6,7 @@ atomic resumable checkpoints, JSONL logs. Distributed through Accelerate, so the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ class TrainingArgs:
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
     grad_accum: int = 1
+    batch_size: int = 1  # examples read in one forward (their tasks padded into one batch)
     max_steps: int | None = None
     epochs: float = 1.0
     time_budget_min: float | None = None
@@ -53,6 +55,9 @@ class TrainingArgs:
     reasoning_weight: float = 1.0
     window_chunks: int = 2
     max_chunks: int = 96
+    soft_ratio: float = 0.0  # with --mode hybrid: share of reasoning tasks read from soft tokens alone
+    answer_out_ratio: float = 0.0  # hybrid: share whose answer-holding chunks are kept out of the raw passages
+    distill: float = 0.0  # weight of the KL term to the base decoder reading the answer's passages
     precision: str = "auto"
     push_to_hub: str | None = None
     config_overrides: dict = field(default_factory=dict)
@@ -66,7 +71,7 @@ class Trainer:
         self.train_set = JsonlDataset(args.data, qa_only)
         self.eval_set = JsonlDataset(args.eval_data, qa_only) if args.eval_data else None
         self.world = accelerator.num_processes
-        per_step = args.grad_accum * self.world
+        per_step = args.batch_size * args.grad_accum * self.world
         self.steps_per_epoch = max(1, len(self.train_set) // per_step)
         self.total_steps = args.max_steps or max(1, math.ceil(args.epochs * self.steps_per_epoch))
 
@@ -96,6 +101,7 @@ class Trainer:
         ratio = 0.0 if self.args.mode == "rag" else self.args.understanding_ratio
         kept = []
         for task in make_tasks(record, self.model, rng, ratio, self.args.window_chunks):
+            task = self._read_as(task, rng)
             reason = self._too_long(task)
             if reason is None:
                 kept.append(task)
@@ -105,12 +111,23 @@ class Trainer:
                 self.skipped += 1
         return kept
 
+    def _read_as(self, task: Task, rng: random.Random) -> Task:
+        """The recipe for hybrid training: some questions read from soft tokens alone, and in some the chunks that hold
+        the answer are kept out of the raw passages, so the decoder must learn to find answers in the soft tokens."""
+        if task.kind != "reasoning" or self.args.mode != "hybrid":
+            return task
+        if rng.random() < self.args.soft_ratio:
+            return dataclasses.replace(task, mode="soft")
+        if rng.random() < self.args.answer_out_ratio:
+            return dataclasses.replace(task, hidden=task.answer_chunks())
+        return task
+
     def _too_long(self, task: Task) -> str | None:
         """Why the model cannot read `task` (more chunks than --max-chunks, or past the decoder's window), else None.
         Lines too long even with one chunk were refused before training (`check_fits`)."""
         if len(task.chunks) > self.args.max_chunks:
             return f"{len(task.chunks)} chunks, more than --max-chunks {self.args.max_chunks}"
-        need = decoder_positions(self.model, self.args.mode, task.question, task.target, len(task.chunks))
+        need = decoder_positions(self.model, task.mode or self.args.mode, task.question, task.target, len(task.chunks))
         if need > self.model.context_window:
             return f"{len(task.chunks)} chunks need {need} decoder positions, the decoder reads {self.model.context_window}"
         return None
@@ -122,20 +139,23 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         acc, args = self.acc, self.args
         losses = {k: [] for k in KINDS}
-        micro = []
-        for i in range(args.grad_accum):
-            position = self.cursor + i * self.world + acc.process_index
-            micro.extend(self._tasks(self.train_set, position))
-        self.cursor += args.grad_accum * self.world
-        total_weight = sum(self._weight(t.kind) for t in micro) or 1.0
-        for i, task in enumerate(micro):
+        batches = []
+        for i in range(args.grad_accum):  # micro-batches of `batch_size` examples each, drawn round-robin across ranks
+            first = self.cursor + i * args.batch_size * self.world + acc.process_index * args.batch_size
+            batches.append([task for j in range(args.batch_size) for task in self._tasks(self.train_set, first + j)])
+        self.cursor += args.batch_size * args.grad_accum * self.world
+        batches = [b for b in batches if b]
+        total_weight = sum(self._weight(t.kind) for b in batches for t in b) or 1.0
+        for i, batch in enumerate(batches):
             # Only the last backward of the step synchronises gradients across processes.
-            sync = i == len(micro) - 1
+            sync = i == len(batches) - 1
             with (contextlib.nullcontext() if sync else acc.no_sync(self.trainable)), acc.autocast():
-                loss = self.trainable(task, args.mode)
-            acc.backward(loss * self._weight(task.kind) / total_weight)
-            losses[task.kind].append(loss.item())
-        if not micro:  # every task of this step was too long: keep ranks in step with a zero-gradient sync
+                batch_losses = self.trainable(batch, args.mode, args.distill)
+            weights = torch.tensor([self._weight(t.kind) for t in batch], device=batch_losses.device)
+            acc.backward((batch_losses * weights).sum() / total_weight)
+            for task, loss in zip(batch, batch_losses.tolist(), strict=True):
+                losses[task.kind].append(loss)
+        if not batches:  # every task of this step was too long: keep ranks in step with a zero-gradient sync
             acc.backward(sum(p.sum() * 0 for p in self.params))
         grad_norm = acc.clip_grad_norm_(self.params, args.max_grad_norm)
         self.optimizer.step()
@@ -144,7 +164,7 @@ class Trainer:
         self.step += 1
         out = {f"loss_{k}": sum(v) / len(v) for k, v in losses.items() if v}
         out["grad_norm"] = float(grad_norm)
-        out["tasks"] = len(micro)
+        out["tasks"] = sum(len(b) for b in batches)
         return out
 
     @torch.no_grad()
@@ -154,9 +174,11 @@ class Trainer:
         self.model.eval()
         losses = {k: [] for k in KINDS}
         for position in range(min(self.args.eval_examples, len(self.eval_set))):
-            for task in self._tasks(self.eval_set, position, shuffle=False):
+            tasks = self._tasks(self.eval_set, position, shuffle=False)
+            if tasks:
                 with self.acc.autocast():
-                    losses[task.kind].append(self.model(task, self.args.mode).item())
+                    for task, loss in zip(tasks, self.model(tasks, self.args.mode).tolist(), strict=True):
+                        losses[task.kind].append(loss)
         self.model.train()
         return {f"eval_loss_{k}": sum(v) / len(v) for k, v in losses.items() if v}
 
@@ -226,7 +248,7 @@ class Trainer:
         examples_done = 0
         while self.step < self.total_steps:
             metrics = self.train_step()
-            examples_done += args.grad_accum * self.world
+            examples_done += args.batch_size * args.grad_accum * self.world
             for k, v in metrics.items():
                 if k.startswith("loss_"):
                     running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
