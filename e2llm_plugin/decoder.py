@@ -181,8 +181,22 @@ class Decoder(nn.Module):
             )
 
     def target_logits(self, prompts: list[Prompt]) -> list[torch.Tensor]:
-        """For each training prompt, the logits (target tokens, vocab) that predict its target: the prompts are read in
-        one forward, right-padded, and the vocabulary projection runs only where a target token is predicted."""
+        """For each training prompt, the logits (target tokens, vocab) that predict its target. Prompts of similar length
+        are read in one right-padded forward (a short restate prompt is not padded to a long hybrid one), and the
+        vocabulary projection runs only where a target token is predicted."""
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i].num_tokens, reverse=True)
+        groups: list[list[int]] = []
+        for i in order:  # longest first: a prompt joins the open group if padding it wastes under a quarter
+            if groups and prompts[i].num_tokens >= 0.75 * prompts[groups[-1][0]].num_tokens:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        out: dict[int, torch.Tensor] = {}
+        for group in groups:
+            out.update(zip(group, self._padded_target_logits([prompts[i] for i in group]), strict=True))
+        return [out[i] for i in range(len(prompts))]
+
+    def _padded_target_logits(self, prompts: list[Prompt]) -> list[torch.Tensor]:
         width = max(p.num_tokens for p in prompts)
         pad = prompts[0].embeds.new_zeros(1, 1, self.dim)
         embeds = torch.cat([torch.cat([p.embeds, pad.expand(1, width - p.num_tokens, -1)], dim=1) for p in prompts])

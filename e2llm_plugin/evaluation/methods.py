@@ -35,7 +35,7 @@ from ..decoder import ANSWER_INSTRUCTION
 from ..errors import E2LLMError
 from ..model import Answer
 from ..tasks import restate_task
-from .metrics import PeakMemory, answer_in, f1_score, score
+from .metrics import PeakMemory, answer_in, f1_score, loops, score
 
 METHODS = ("closed_book", "truncation", "full_context", "rag_base", "rag_tuned", "rag_ft", "soft", "hybrid")
 RAG_METHODS = ("rag_base", "rag_tuned", "rag_ft")
@@ -59,6 +59,10 @@ class Example:
     answer: str
     documents: list[str]
     meta: dict = field(default_factory=dict)
+    answers: list[str] = field(default_factory=list)  # every accepted answer, `answer` first
+
+    def __post_init__(self) -> None:
+        self.answers = [self.answer, *(a for a in self.answers if a != self.answer)]
 
 
 def load_examples(path: str | Path, limit: int | None = None, seed: int | None = None) -> list[Example]:
@@ -73,7 +77,8 @@ def load_examples(path: str | Path, limit: int | None = None, seed: int | None =
                 continue  # understanding-only lines
             docs = [row["context"]] if isinstance(row["context"], str) else list(row["context"])
             meta = {k: row[k] for k in ("doc_id", "country", "field", "task", "source") if k in row}
-            examples.append(Example(row["prompt"].strip(), row["answer"].strip(), [d for d in docs if d.strip()], meta))
+            accepted = [a.strip() for a in row.get("answers", []) if isinstance(a, str) and a.strip()]
+            examples.append(Example(row["prompt"].strip(), row["answer"].strip(), [d for d in docs if d.strip()], meta, accepted))
     if seed is not None:
         random.Random(seed).shuffle(examples)
     return examples[:limit] if limit is not None else examples
@@ -104,6 +109,7 @@ class Outcome:
     f1: float | None = None
     recall: float | None = None
     passage_hit: float | None = None  # methods that read raw passages: 1.0 if the gold answer is in them
+    loops: bool | None = None  # the answer repeats itself (see metrics.loops)
     note: str = ""
 
     @property
@@ -161,7 +167,7 @@ class Evaluator:
         outcome.ttft_s += shared
         outcome.total_s += shared
         outcome.peak_mb = max([memory.peak_mb] + [s.peak_mb for s in stages])
-        outcome.__dict__.update(score(outcome.prediction, example.answer))
+        outcome.__dict__.update(score(outcome.prediction, example.answers), loops=loops(outcome.prediction))
         return outcome
 
     def warm_up(self, methods=METHODS) -> None:
@@ -251,7 +257,8 @@ class Evaluator:
         for method, tokens in read.items():
             if method in results and results[method].ok:
                 passages = model.select_passages(q, ctx, tokens)
-                results[method].passage_hit = answer_in(" ".join(ctx.chunks[i].text for i, _ in passages), example.answer)
+                text = " ".join(ctx.chunks[i].text for i, _ in passages)
+                results[method].passage_hit = max(answer_in(text, gold) for gold in example.answers)
         return {m: results[m] for m in methods}, (ctx.stats() if ctx is not None else {})
 
 

@@ -51,8 +51,19 @@ def answer_recall(prediction: str, gold: str) -> float:
     return sum((pred & ref).values()) / sum(ref.values())
 
 
-def score(prediction: str, gold: str) -> dict[str, float]:
-    return {"em": exact_match(prediction, gold), "f1": f1_score(prediction, gold), "recall": answer_recall(prediction, gold)}
+def score(prediction: str, golds: str | list[str]) -> dict[str, float]:
+    """EM, F1 and recall against the best of the accepted answers (SQuAD takes the maximum over its references)."""
+    golds = [golds] if isinstance(golds, str) else golds
+    return {name: max(fn(prediction, gold) for gold in golds)
+            for name, fn in (("em", exact_match), ("f1", f1_score), ("recall", answer_recall))}
+
+
+def loops(prediction: str) -> bool:
+    """Whether an answer is stuck in a loop: a word 3-gram said three times, or a 5-gram twice (a short answer that is
+    right almost never repeats itself like that)."""
+    words = normalize_answer(prediction).split()
+    grams = {n: Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1)) for n in (3, 5)}
+    return any(c >= 3 for c in grams[3].values()) or any(c >= 2 for c in grams[5].values())
 
 
 # ---- memory ---------------------------------------------------------------------------------------------------------

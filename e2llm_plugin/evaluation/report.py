@@ -21,6 +21,7 @@ def aggregate(outcomes: list[dict]) -> dict:
     hits = [o["passage_hit"] for o in ran if o.get("passage_hit") is not None]
     if hits:
         out["passage_hit"] = 100 * sum(hits) / len(hits)
+    out["loops"] = sum(bool(o.get("loops")) for o in ran)
     return out
 
 
@@ -28,11 +29,20 @@ def _fmt(value, digits=1):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _decoding(generation: dict | None) -> str:
+    """'greedy', or the options that differ from GenerationConfig's defaults."""
+    from ..config import GenerationConfig
+
+    default = GenerationConfig().__dict__
+    changed = {k: v for k, v in (generation or {}).items() if default.get(k) != v}
+    return ("greedy" if not changed.get("temperature") else "sampled") + "".join(f", {k}={v}" for k, v in changed.items())
+
+
 def markdown(results: dict) -> str:
     s = results["settings"]
     lines = [f"# E2LLM evaluation: `{results['model']}`", "",
-             f"Window for text baselines: {s['window']} decoder tokens; greedy decoding, at most {s['max_new_tokens']} "
-             "new tokens; "
+             f"Window for text baselines: {s['window']} decoder tokens; decoding {_decoding(s.get('generation'))}, at most "
+             f"{s['max_new_tokens']} new tokens; "
              f"{s['device']}, {s['threads']} torch thread(s). Scores are 0-100 (SQuAD normalisation); recall = share of gold "
              "answer tokens in the prediction. TTFT includes compression (E2LLM) or chunk embedding (RAG) and prefill; "
              "peak MB = the most memory one call added over the RSS before it (max over questions); answer in passages = "
@@ -115,3 +125,65 @@ def plot(results: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ---- the benchmark: several evaluation runs in one table ---------------------------------------------------------
+def _accepted_answers(path: str | Path) -> dict[str, list[str]]:
+    """question -> accepted answers, from a data file (lines may list several in `answers`)."""
+    from .methods import load_examples
+
+    try:
+        return {e.question: e.answers for e in load_examples(path)}
+    except OSError:
+        return {}
+
+
+def combine(runs: dict[str, list[dict]]) -> dict:
+    """Scores per data file, run label and method, from evaluation results (`results.json` objects), rescored against
+    every accepted answer; with two subsets where reading the whole document should pay: questions whose answer the
+    ranking missed (not in hybrid's raw passages), and whole-document questions (`task` starting "whole_document" or
+    "handwritten_whole_document")."""
+    from .metrics import loops, score
+
+    table: dict[str, dict[str, dict]] = {}
+    subsets: dict[str, dict[str, list[dict]]] = {"ranking missed the answer": {}, "whole-document questions": {}}
+    for label, results_list in runs.items():
+        for results in results_list:
+            for name, f in results["files"].items():
+                accepted = _accepted_answers(f["path"])
+                for row in f["examples"]:
+                    golds = accepted.get(row["question"], [row["answer"]])
+                    for outcome in row["methods"].values():
+                        if outcome["prediction"] is not None:
+                            outcome.update(score(outcome["prediction"], golds), loops=loops(outcome["prediction"]))
+                    hybrid = row["methods"].get("hybrid", {})
+                    missed = hybrid.get("passage_hit") == 0.0
+                    whole = str(row.get("task", "")).replace("handwritten_", "").startswith("whole_document")
+                    for method, outcome in row["methods"].items():
+                        key = f"{label}:{method}"
+                        for subset, wanted in (("ranking missed the answer", missed), ("whole-document questions", whole)):
+                            if wanted:
+                                subsets[subset].setdefault(key, []).append(outcome)
+                for method in f["summary"]:
+                    table.setdefault(name, {})[f"{label}:{method}"] = aggregate([r["methods"][method] for r in f["examples"]])
+    for subset, by_method in subsets.items():
+        for key, outcomes in by_method.items():
+            table.setdefault(subset, {})[key] = aggregate(outcomes)
+    return table
+
+
+def benchmark_markdown(table: dict, noise_note: str = "") -> str:
+    """F1 per data file (rows) and run:method (columns), with looping answers counted."""
+    columns = list(dict.fromkeys(key for row in table.values() for key in row))
+    lines = ["| set | " + " | ".join(f"`{c}`" for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, row in table.items():
+        cells = []
+        for c in columns:
+            agg = row.get(c)
+            cells.append("–" if not agg or "f1" not in agg else f"{agg['f1']:.1f}")
+        n = max((agg["n"] for agg in row.values()), default=0)
+        lines.append(f"| {name} (n={n}) | " + " | ".join(cells) + " |")
+    files = [row for name, row in table.items() if name.endswith(".jsonl")]  # the subsets repeat their questions
+    loops_total = {c: sum(row[c].get("loops", 0) for row in files if c in row) for c in columns}
+    lines.append("| looping answers (all sets) | " + " | ".join(str(loops_total[c]) for c in columns) + " |")
+    return "\n".join(lines) + ("\n\n" + noise_note if noise_note else "") + "\n"

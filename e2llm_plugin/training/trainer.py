@@ -92,7 +92,8 @@ class Trainer:
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def _tasks(self, dataset: JsonlDataset, cursor: int, shuffle: bool = True) -> list[Task]:
-        """Tasks of the example at global position `cursor`; deterministic in (seed, cursor), so resumable."""
+        """Tasks of the example at global position `cursor`; deterministic in (seed, cursor), so resumable. Training
+        tasks follow the recipe (`_read_as`); evaluation reads every question in the run's mode, as users read."""
         epoch, index = divmod(cursor, len(dataset))
         example = int(dataset.order(epoch, self.args.seed)[index]) if shuffle else index
         record = dataset.read(example)
@@ -101,7 +102,7 @@ class Trainer:
         ratio = 0.0 if self.args.mode == "rag" else self.args.understanding_ratio
         kept = []
         for task in make_tasks(record, self.model, rng, ratio, self.args.window_chunks):
-            task = self._read_as(task, rng)
+            task = self._read_as(task, rng) if dataset is self.train_set else task
             reason = self._too_long(task)
             if reason is None:
                 kept.append(task)

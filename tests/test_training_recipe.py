@@ -1,0 +1,300 @@
+"""The batched training forward and the hybrid recipe, on tiny models: a batch of tasks gives each task's own loss,
+answer chunks kept out of the raw passages, distillation from the base decoder, the trainer's batches and resume, and
+the recipe's flags."""
+
+import dataclasses
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import LOREM, build_tiny_model
+from safetensors.torch import load_file
+
+from e2llm_plugin import finetune
+from e2llm_plugin.tasks import Task
+from e2llm_plugin.training import state
+from e2llm_plugin.training import trainer as trainer_module
+from e2llm_plugin.training.trainer import TrainingArgs
+
+CATS = "Cats sleep for most of the day. They hunt at night. " * 5
+ALPS = "The Alps are the highest mountains of Europe."
+QUESTION = "When is the National Day?"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_config):
+    """A model of its own (gradients and requires_grad are set on it), without dropout; forward still builds the graph."""
+    model = build_tiny_model(tiny_config, seed=1)
+    model.trainable_parameters()
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def tasks(model):
+    lorem, cats, alps = model.chunk([LOREM]), model.chunk([CATS]), model.chunk([ALPS])
+    assert len(lorem) == 3 and len(cats) >= 2 and len(alps) == 1  # mixed chunk counts
+    national = Task("reasoning", lorem, "26 October", QUESTION, mode="hybrid")
+    return [
+        national,
+        Task("reasoning", cats, "At night.", "When do cats hunt?", mode="soft"),
+        Task("understanding", lorem[1:], "".join(c.text for c in lorem[1:]).strip()),  # repeats chunks of the first
+        Task("reasoning", alps, "Europe", "Where are the Alps?"),  # no mode of its own: forward's mode
+        dataclasses.replace(national, hidden=national.answer_chunks()),
+        Task("understanding", cats[:1], cats[0].text.strip()),
+    ]
+
+
+# ---- 1. a batch is its tasks, read together ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["soft", "hybrid"])
+def test_a_batch_gives_each_tasks_own_loss(model, tasks, mode):
+    batched = model(tasks, mode)
+    assert batched.shape == (len(tasks),) and batched.requires_grad
+    alone = torch.stack([model(task, mode) for task in tasks])
+    assert all(model(task, mode).dim() == 0 for task in tasks[:1])  # a single Task: a scalar
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
+    # The batch is not one loss repeated: the tasks differ, and so do their losses.
+    assert len({round(v, 3) for v in batched.tolist()}) >= len(tasks) - 1
+
+
+def test_the_tasks_mode_overrides_the_batchs(model, tasks):
+    national = tasks[0]  # mode="hybrid"
+    as_soft = dataclasses.replace(national, mode="soft")
+    torch.testing.assert_close(model(national, "soft"), model(national, "hybrid"), rtol=0, atol=0)
+    assert not torch.allclose(model(national, "soft"), model(as_soft, "soft"))  # hybrid reads raw passages too
+    mode_less = tasks[3]
+    assert not torch.allclose(model(mode_less, "soft"), model(mode_less, "hybrid"))
+
+
+def test_gradients_reach_the_adapter_and_both_loras_only(model, tasks):
+    model.zero_grad(set_to_none=True)
+    model(tasks, "hybrid").sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    groups = {
+        "adapter": [g for n, g in grads.items() if n.startswith("adapter.")],
+        "encoder LoRA": [g for n, g in grads.items() if n.startswith("encoder.") and "lora_" in n],
+        "decoder LoRA": [g for n, g in grads.items() if n.startswith("decoder.") and "lora_" in n],
+    }
+    for group, found in groups.items():
+        assert found and any(g.abs().sum() > 0 for g in found), f"no gradient reaches the {group}"
+    assert all(n.startswith("adapter.") or "lora_" in n for n in grads)  # the base models stay frozen
+    model.zero_grad(set_to_none=True)
+
+
+# ---- 2. answer chunks kept out of the raw passages ---------------------------------------------------------------
+
+def test_answer_chunks_are_the_chunks_holding_the_answer(model):
+    chunks = model.chunk([LOREM])
+    assert Task("reasoning", chunks, "26 October", QUESTION).answer_chunks() == {0}
+    assert Task("reasoning", chunks, "  26 OCTOBER \n", QUESTION).answer_chunks() == {0}  # case and spaces
+    assert Task("reasoning", chunks, "the danube", "Which river?").answer_chunks() == {1}
+    assert Task("reasoning", chunks, "the", "?").answer_chunks() == {0, 1, 2}
+    assert Task("reasoning", chunks, "Lisbon", "?").answer_chunks() == frozenset()
+    restate = Task("understanding", chunks[:2], "".join(c.text for c in chunks[:2]).strip())
+    assert restate.answer_chunks() == frozenset()  # its target is in its chunks, but it has no answer to hide
+
+
+def test_select_passages_never_takes_excluded_chunks_and_takes_included_first(model):
+    ctx = model.compress([LOREM * 2])
+    everything = 10_000
+    ranked = [i for i, _ in model.rank_chunks(QUESTION, ctx)]
+    assert [i for i, _ in model.select_passages(QUESTION, ctx, everything)] == list(range(ctx.num_chunks))
+    for excluded in ({0}, {ranked[0]}, set(range(1, ctx.num_chunks))):
+        chosen = [i for i, _ in model.select_passages(QUESTION, ctx, everything, exclude=frozenset(excluded))]
+        assert chosen == sorted(set(range(ctx.num_chunks)) - excluded)
+    one = model.count_tokens(ctx.chunks[ranked[-1]].text)  # room for about one chunk
+    assert [i for i, _ in model.select_passages(QUESTION, ctx, one)] != [ranked[-1]]
+    assert [i for i, _ in model.select_passages(QUESTION, ctx, one, include=frozenset({ranked[-1]}))] == [ranked[-1]]
+    # exclude wins over include
+    assert ranked[-1] not in [i for i, _ in model.select_passages(QUESTION, ctx, everything, include=frozenset({ranked[-1]}),
+                                                                  exclude=frozenset({ranked[-1]}))]
+
+
+def test_the_hybrid_prompt_and_the_training_forward_keep_hidden_chunks_out(model, tasks, monkeypatch):
+    national = tasks[0]
+    ctx = model.compress([LOREM])
+    hidden = national.answer_chunks()
+    _, passages, _ = model._prompt(QUESTION, ctx, "hybrid", target=national.target, raw_tokens=10_000)
+    assert {i for i, _ in passages} == {0, 1, 2}
+    _, passages, _ = model._prompt(QUESTION, ctx, "hybrid", target=national.target, raw_tokens=10_000, exclude=hidden)
+    assert {i for i, _ in passages} == {1, 2}
+
+    seen = []
+    real = type(model).select_passages
+
+    def spy(self, *args, **kwargs):
+        chosen = real(self, *args, **kwargs)
+        seen.append(({i for i, _ in chosen}, kwargs.get("exclude", frozenset())))
+        return chosen
+
+    monkeypatch.setattr(type(model), "select_passages", spy)
+    monkeypatch.setattr(model.config, "hybrid_raw_tokens", 10_000)  # room for every chunk: only `hidden` keeps one out
+    model([national, dataclasses.replace(national, hidden=hidden)], "hybrid")
+    assert seen == [({0, 1, 2}, frozenset()), ({1, 2}, hidden)]
+
+
+# ---- 3. distillation -----------------------------------------------------------------------------------------------
+
+def test_distillation_adds_a_non_negative_term_to_reasoning_only(model, tasks):
+    batch = [*tasks, Task("reasoning", tasks[0].chunks, "26 October", QUESTION, mode="rag")]
+    plain = model(batch, "hybrid")
+    torch.testing.assert_close(model(batch, "hybrid", distill=0.0), plain, rtol=0, atol=0)
+    half, whole = model(batch, "hybrid", distill=0.5), model(batch, "hybrid", distill=1.0)
+    assert model.decoder.lora_active  # the teacher's block gave the LoRA back
+    torch.testing.assert_close(model(batch, "hybrid"), plain, rtol=0, atol=0)
+    for i, task in enumerate(batch):
+        if task.kind == "reasoning" and task.mode != "rag":
+            assert half[i] > plain[i] + 1e-6, (i, task.mode)  # the base decoder reading the passages disagrees
+            torch.testing.assert_close(whole[i] - plain[i], 2 * (half[i] - plain[i]), rtol=1e-3, atol=1e-5)  # weight x KL
+        else:  # restating, and text RAG (no soft tokens to teach), get no teacher
+            torch.testing.assert_close(half[i], plain[i], rtol=0, atol=0)
+    # a batch still gives each task's own loss
+    alone = torch.stack([model(task, "hybrid", distill=0.5) for task in batch])
+    torch.testing.assert_close(half, alone, rtol=1e-4, atol=1e-4)
+
+
+def test_the_distillation_term_alone_trains_the_decoder_lora(model, tasks):
+    model.zero_grad(set_to_none=True)
+    (model(tasks[:2], "hybrid", distill=1.0).sum() - model(tasks[:2], "hybrid").sum()).backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and n.startswith("decoder.") and p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)  # the KL term trains the student
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("which", ["understanding-only", "rag-only"])
+def test_distillation_on_a_batch_without_a_teacher_adds_nothing(model, tasks, which):
+    """A batch of restate windows only (a step of text lines), or of text-RAG questions, has no teacher to ask."""
+    batch = [tasks[2], tasks[5]] if which == "understanding-only" else [dataclasses.replace(tasks[0], mode="rag")]
+    torch.testing.assert_close(model(batch, "hybrid", distill=0.5), model(batch, "hybrid"), rtol=0, atol=0)
+
+
+# ---- 4. the trainer reads batches -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe-data")
+    lines = [{"context": [LOREM, "Cats hunt at night. " * 6], "prompt": QUESTION, "answer": "26 October"},
+             {"context": CATS, "prompt": "When do cats hunt?", "answer": "At night."},
+             {"text": LOREM * 2}]
+    train = root / "train.jsonl"
+    train.write_text("".join(json.dumps(lines[i % 3]) + "\n" for i in range(10)))
+    evaluation = root / "eval.jsonl"
+    evaluation.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return train, evaluation
+
+
+def _args(tiny_dirs, train, evaluation, output, *extra):
+    encoder, decoder = tiny_dirs
+    return ["--data", str(train), "--eval-data", str(evaluation), "--output", str(output), "--encoder", encoder,
+            "--decoder", decoder, "--chunk-tokens", "24", "--encoder-lora-r", "2", "--decoder-lora-r", "2",
+            "--eval-examples", "3", *extra]
+
+
+def _cursors(out):
+    return {int(p.name.removeprefix("step-")): json.loads((p / state.STATE_JSON).read_text())["cursor"]
+            for p in state.list_checkpoints(out / "checkpoints")}
+
+
+@pytest.mark.parametrize("batch, accum", [(2, 1), (2, 2)])
+def test_the_trainer_reads_batches_and_advances_its_cursor_by_them(tiny_dirs, data, tmp_path, batch, accum):
+    out = tmp_path / "run"
+    argv = _args(tiny_dirs, data[0], data[1], out, "--max-steps", "3", "--save-every", "1", "--keep-checkpoints", "3",
+                 "--batch-size", str(batch), "--grad-accum", str(accum), "--eval-every", "2")
+    summary = finetune.run(argv)
+    assert summary["steps"] == 3 and "eval_loss_reasoning" in summary
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"lr"' in line]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    per_step = batch * accum
+    # every example gives one or two tasks (its question, maybe a restate window), none too long
+    assert all(per_step <= r["tasks"] <= 2 * per_step for r in log), [r["tasks"] for r in log]
+    assert all(r["grad_norm"] > 0 and any(k.startswith("loss_") for k in r) for r in log)
+    assert _cursors(out) == {step: step * per_step for step in (1, 2, 3)}
+
+
+def test_a_killed_batched_hybrid_recipe_run_resumes_to_the_same_weights(tiny_dirs, data, tmp_path, monkeypatch):
+    steps = ["--max-steps", "4", "--save-every", "2", "--batch-size", "2", "--grad-accum", "2", "--seed", "3",
+             "--mode", "hybrid", "--soft-ratio", "0.3", "--answer-out-ratio", "0.5", "--distill", "0.5"]
+    assert finetune.main(_args(tiny_dirs, data[0], data[1], tmp_path / "whole", *steps)) == 0
+
+    real_step = trainer_module.Trainer.train_step
+    calls = {"n": 0}
+
+    def dies_after_three(self):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")  # after the step-2 save, before step 4
+        calls["n"] += 1
+        return real_step(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(_args(tiny_dirs, data[0], data[1], tmp_path / "killed", *steps))
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    assert _cursors(tmp_path / "killed") == {2: 8}
+    assert finetune.main(_args(tiny_dirs, data[0], data[1], tmp_path / "killed", *steps, "--resume")) == 0
+
+    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0)
+    log = [json.loads(line) for line in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines() if '"lr"' in line]
+    assert all(r["tasks"] >= 4 for r in log)
+
+
+def test_distillation_in_rag_mode_trains_like_no_distillation(tiny_dirs, data, tmp_path):
+    """--mode rag has no soft tokens to teach: --distill changes nothing (and does not break the step)."""
+    runs = {}
+    for distill in ("0", "0.5"):
+        out = tmp_path / f"rag-{distill}"
+        finetune.run(_args(tiny_dirs, data[0], data[1], out, "--mode", "rag", "--max-steps", "2", "--batch-size", "2",
+                           "--distill", distill))
+        runs[distill] = load_file(out / "model.safetensors")
+    for name in runs["0"]:
+        torch.testing.assert_close(runs["0.5"][name], runs["0"][name], rtol=0, atol=0)
+
+
+# ---- 5. the recipe: how each reasoning task is read -----------------------------------------------------------------
+
+def _read_all(tasks, n=200, **args):
+    trainer = SimpleNamespace(args=TrainingArgs(data="unused", output="unused", **args))
+    return [trainer_module.Trainer._read_as(trainer, task, random.Random(i)) for i in range(n) for task in tasks]
+
+
+def test_read_as_follows_the_ratios_in_hybrid_mode_and_changes_nothing_elsewhere(model):
+    chunks = model.chunk([LOREM])
+    question = Task("reasoning", chunks, "26 October", QUESTION)
+    restate = Task("understanding", chunks[:2], "".join(c.text for c in chunks[:2]).strip())
+
+    read = _read_all([question, restate], mode="hybrid", soft_ratio=1.0, answer_out_ratio=1.0)
+    assert all(t.mode == "soft" and t.hidden == frozenset() for t in read if t.kind == "reasoning")
+    assert all(t == restate for t in read if t.kind == "understanding")
+
+    read = _read_all([question], mode="hybrid", answer_out_ratio=1.0)
+    assert all(t.mode is None and t.hidden == {0} == question.answer_chunks() for t in read)
+
+    for mode in ("soft", "rag"):
+        assert all(t == question for t in _read_all([question], mode=mode, soft_ratio=1.0, answer_out_ratio=1.0))
+    assert all(t == question for t in _read_all([question], mode="hybrid"))  # both ratios 0: the plain hybrid task
+
+    read = _read_all([question], n=1000, mode="hybrid", soft_ratio=0.3, answer_out_ratio=0.5)
+    soft = sum(t.mode == "soft" for t in read) / len(read)
+    hidden = sum(bool(t.hidden) for t in read) / len(read)
+    assert 0.25 < soft < 0.35 and 0.3 < hidden < 0.4  # 0.7 x 0.5 of them hide the answer
+    assert not any(t.mode == "soft" and t.hidden for t in read)
+    # deterministic in the rng: a resumed run reads each task as before
+    assert _read_all([question], n=50, mode="hybrid", soft_ratio=0.3, answer_out_ratio=0.5) == read[:50]
+
+
+# ---- 6. bad flags ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--batch-size", "-2"), ("--soft-ratio", "1.5"),
+                                         ("--soft-ratio", "-0.1"), ("--answer-out-ratio", "-0.1"),
+                                         ("--answer-out-ratio", "2"), ("--distill", "-1")])
+def test_bad_recipe_flags_are_refused_naming_the_flag(tiny_dirs, data, tmp_path, capsys, flag, value):
+    out = tmp_path / "out"
+    assert finetune.main(_args(tiny_dirs, data[0], data[1], out, "--mode", "hybrid", "--max-steps", "1", flag, value)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("finetune: error: ") and flag in err and "must be" in err
+    assert not out.exists()
