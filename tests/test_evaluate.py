@@ -12,7 +12,16 @@ from conftest import LOREM, build_tiny_model
 from e2llm_plugin.errors import E2LLMError
 from e2llm_plugin.evaluate import main
 from e2llm_plugin.evaluation.methods import METHODS, Evaluator, Example, load_examples
-from e2llm_plugin.evaluation.metrics import PeakMemory, answer_in, answer_recall, exact_match, f1_score, normalize_answer
+from e2llm_plugin.evaluation.metrics import (
+    PeakMemory,
+    answer_in,
+    answer_recall,
+    exact_match,
+    f1_score,
+    loops,
+    normalize_answer,
+    score,
+)
 from research import targets
 from research.data_builders.factbook import HELD_OUT_FIELD
 
@@ -223,6 +232,71 @@ def test_load_examples_skips_understanding_lines_and_shuffles(data_files):
     assert len(load_examples(short)) == 3
     assert sorted(e.question for e in load_examples(short, seed=1)) == sorted(e.question for e in load_examples(short))
     assert len(load_examples(short, 2)) == 2
+
+
+def test_the_best_accepted_answer_counts():
+    assert score("It was 5 of them", ["five", "5"])["f1"] > 0 == score("It was 5 of them", ["five"])["f1"]
+    assert score("five", "five") == {"em": 1.0, "f1": 1.0, "recall": 1.0}
+    example = Example("How many?", "five", ["text"], answers=["5", "five"])
+    assert example.answers == ["five", "5"]  # the canonical answer first, never twice
+
+
+def test_looping_answers_are_told_from_short_and_listing_ones():
+    assert loops("We're growing too fast. We're growing too slow. We're growing too fast. We're growing too slow.")
+    assert loops("yes yes yes yes yes yes")
+    assert not loops("Independence Day, 6 December (1917)")
+    assert not loops("red, green and blue; red and green")
+
+
+def test_load_examples_keeps_every_accepted_answer(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"context": "x", "prompt": "q?", "answer": "five", "answers": ["five", "5", " "]}) + "\n")
+    assert load_examples(path)[0].answers == ["five", "5"]
+
+
+def _results(path, rows):
+    """A results.json as the evaluation writes it, with the fields `--combine` reads."""
+    examples = [{"question": q, "answer": a, "task": task, "methods": {
+        m: {"prediction": p, "em": 0.0, "f1": 0.0, "recall": 0.0, "ttft_s": 1.0, "total_s": 1.0, "tokens_read": 9,
+            "peak_mb": 1.0, "passage_hit": hit if m != "soft" else None} for m, p in preds.items()}}
+        for q, a, task, hit, preds in rows]
+    return {"files": {"set.jsonl": {"path": str(path), "summary": {m: {} for m in rows[0][4]}, "examples": examples}}}
+
+
+def test_combine_rescores_against_accepted_answers_and_adds_the_subsets(tmp_path, capsys):
+    data = tmp_path / "set.jsonl"
+    data.write_text(json.dumps({"context": "x", "prompt": "How many?", "answer": "five", "answers": ["five", "5"]}) + "\n"
+                    + json.dumps({"context": "x", "prompt": "Which part?", "answer": "the end"}) + "\n")
+    rows = [("How many?", "five", "qa", 0.0, {"rag_tuned": "ten", "hybrid": "5"}),
+            ("Which part?", "the end", "whole_document_section", 1.0,
+             {"rag_tuned": "the end", "hybrid": "so on and so on and so on and so on"})]
+    for label in ("new", "old"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "results.json").write_text(json.dumps(_results(data, rows)))
+    out = tmp_path / "bench"
+    assert main(["--combine", f"new={tmp_path / 'new'}", f"old={tmp_path / 'old'}", "--out", str(out)]) == 0
+    table = json.loads((out / "benchmark.json").read_text())
+    assert table["set.jsonl"]["new:hybrid"]["f1"] == 50.0  # "5" is an accepted answer; the looping one scores 0
+    assert table["set.jsonl"]["new:rag_tuned"]["f1"] == 50.0
+    assert table["ranking missed the answer"]["new:hybrid"]["n"] == 1  # hybrid's passages missed "How many?"
+    assert table["ranking missed the answer"]["new:hybrid"]["f1"] == 100.0
+    assert table["whole-document questions"]["new:rag_tuned"]["f1"] == 100.0
+    md = (out / "benchmark.md").read_text()
+    assert "| looping answers (all sets) | 0 | 1 | 0 | 1 |" in md and md in capsys.readouterr().out
+    assert main(["--combine", str(tmp_path / "new"), "--out", str(out)]) == 2  # no LABEL=
+    assert main(["--out", str(out)]) == 2  # neither --data nor --combine
+
+
+def test_generation_options_reach_every_method(tiny_checkpoint, data_files, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[1]), "--out", str(out), "--methods", "closed_book,hybrid",
+            "--max-new-tokens", "6", "--generation", "no_repeat_ngram_size=1"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["generation"]["no_repeat_ngram_size"] == 1
+    assert "no_repeat_ngram_size=1" in (out / "results.md").read_text()
+    assert main(argv[:-1] + ["temprature=1"]) == 2 and "temprature" in capsys.readouterr().err
+    assert main(argv[:-1] + ["no_repeat_ngram_size"]) == 2
 
 
 @pytest.mark.slow
