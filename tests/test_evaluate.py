@@ -313,3 +313,16 @@ def test_shipped_checkpoint_end_to_end(tmp_path):
     summary = results["files"]["test_factbook_short.jsonl"]["summary"]
     assert all(summary[m]["n"] == 2 for m in ("closed_book", "rag_base", "soft", "hybrid"))
     assert summary["soft"]["tokens_read"] * 5 < summary["truncation"]["tokens_read"]
+
+
+def test_combine_keeps_apart_one_question_asked_of_two_documents(tmp_path):
+    data = tmp_path / "set.jsonl"
+    data.write_text("".join(json.dumps({"context": c, "prompt": "Who gave this address?", "answer": a}) + "\n"
+                            for c, a in (("x", "Lincoln"), ("y", "Grant"))))
+    rows = [("Who gave this address?", "Lincoln", "qa", 1.0, {"hybrid": "Lincoln"}),
+            ("Who gave this address?", "Grant", "qa", 1.0, {"hybrid": "Grant"})]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps(_results(data, rows)))
+    assert main(["--combine", f"run={tmp_path / 'run'}", "--out", str(tmp_path / "bench")]) == 0
+    table = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    assert table["set.jsonl"]["run:hybrid"]["f1"] == 100.0

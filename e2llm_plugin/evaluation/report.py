@@ -128,12 +128,13 @@ def plot(results: dict, path: str | Path) -> None:
 
 
 # ---- the benchmark: several evaluation runs in one table ---------------------------------------------------------
-def _accepted_answers(path: str | Path) -> dict[str, list[str]]:
-    """question -> accepted answers, from a data file (lines may list several in `answers`)."""
+def _accepted_answers(path: str | Path) -> dict[tuple[str, str], list[str]]:
+    """(question, answer) -> accepted answers, from a data file (lines may list several in `answers`); keyed by both,
+    since one question ("Who gave this address?") can be asked of several documents."""
     from .methods import load_examples
 
     try:
-        return {e.question: e.answers for e in load_examples(path)}
+        return {(e.question, e.answer): e.answers for e in load_examples(path)}
     except OSError:
         return {}
 
@@ -152,7 +153,7 @@ def combine(runs: dict[str, list[dict]]) -> dict:
             for name, f in results["files"].items():
                 accepted = _accepted_answers(f["path"])
                 for row in f["examples"]:
-                    golds = accepted.get(row["question"], [row["answer"]])
+                    golds = accepted.get((row["question"], row["answer"]), [row["answer"]])
                     for outcome in row["methods"].values():
                         if outcome["prediction"] is not None:
                             outcome.update(score(outcome["prediction"], golds), loops=loops(outcome["prediction"]))
