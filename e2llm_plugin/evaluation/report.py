@@ -175,7 +175,10 @@ def combine(runs: dict[str, list[dict]]) -> dict:
 
 def benchmark_markdown(table: dict, noise_note: str = "") -> str:
     """F1 per data file (rows) and run:method (columns), with looping answers counted."""
-    columns = list(dict.fromkeys(key for row in table.values() for key in row))
+    keys = list(dict.fromkeys(key for row in table.values() for key in row))
+    labels = list(dict.fromkeys(key.split(":")[0] for key in keys))
+    order = {m: i for i, m in enumerate(METHODS)}  # per run label, the methods in their usual order
+    columns = sorted(keys, key=lambda k: (labels.index(k.split(":")[0]), order.get(k.split(":", 1)[1], len(order))))
     lines = ["| set | " + " | ".join(f"`{c}`" for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, row in table.items():
         cells = []
