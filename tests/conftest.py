@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -50,6 +52,21 @@ def tiny_config(tiny_dirs):
     decoder_lora = LoraConfig(r=2, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
     return E2LLMConfig(encoder=encoder, decoder=decoder, chunk_tokens=24, encoder_lora=LoraConfig(r=2), decoder_lora=decoder_lora,
                        max_new_tokens=8, hybrid_raw_tokens=48)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A tiny finetune data set (train, eval): QA lines with one and two documents, and an understanding-only line."""
+    root = tmp_path_factory.mktemp("data")
+    lines = [{"context": [LOREM, "Cats hunt at night. " * 6], "prompt": "When is the National Day?", "answer": "26 October"},
+             {"context": "Cats sleep for most of the day. They hunt at night. " * 5, "prompt": "When do cats hunt?",
+              "answer": "At night."},
+             {"text": LOREM * 2}]
+    train = root / "train.jsonl"
+    train.write_text("".join(json.dumps(lines[i % 3]) + "\n" for i in range(10)))
+    evaluation = root / "eval.jsonl"
+    evaluation.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return train, evaluation
 
 
 def build_tiny_model(config: E2LLMConfig, seed: int = 0) -> E2LLM:

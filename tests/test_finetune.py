@@ -22,20 +22,6 @@ from e2llm_plugin.training import trainer as trainer_module
 from e2llm_plugin.training.data import DataError, JsonlDataset, check_fits
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    lines = [{"context": [LOREM, "Cats hunt at night. " * 6], "prompt": "When is the National Day?", "answer": "26 October"},
-             {"context": "Cats sleep for most of the day. They hunt at night. " * 5, "prompt": "When do cats hunt?",
-              "answer": "At night."},
-             {"text": LOREM * 2}]
-    train = root / "train.jsonl"
-    train.write_text("".join(json.dumps(lines[i % 3]) + "\n" for i in range(10)))
-    evaluation = root / "eval.jsonl"
-    evaluation.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return train, evaluation
-
-
 def _args(tiny_dirs, data, output, *extra):
     encoder, decoder = tiny_dirs
     return ["--data", str(data[0]), "--eval-data", str(data[1]), "--output", str(output), "--encoder", encoder,

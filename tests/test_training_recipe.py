@@ -173,19 +173,6 @@ def test_distillation_on_a_batch_without_a_teacher_adds_nothing(model, tasks, wh
 
 # ---- 4. the trainer reads batches -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipe-data")
-    lines = [{"context": [LOREM, "Cats hunt at night. " * 6], "prompt": QUESTION, "answer": "26 October"},
-             {"context": CATS, "prompt": "When do cats hunt?", "answer": "At night."},
-             {"text": LOREM * 2}]
-    train = root / "train.jsonl"
-    train.write_text("".join(json.dumps(lines[i % 3]) + "\n" for i in range(10)))
-    evaluation = root / "eval.jsonl"
-    evaluation.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return train, evaluation
-
-
 def _args(tiny_dirs, train, evaluation, output, *extra):
     encoder, decoder = tiny_dirs
     return ["--data", str(train), "--eval-data", str(evaluation), "--output", str(output), "--encoder", encoder,
