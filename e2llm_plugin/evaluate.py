@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "repetition_penalty=1.2 (default: the checkpoint's)")
     p.add_argument("--combine", nargs="+", metavar="LABEL=DIR",
                    help="instead of evaluating: one benchmark table (OUT/benchmark.md, .json) from earlier runs, each "
-                   "directory searched for results.json files and labelled; predictions are rescored against every "
+                   "directory searched for results.json files and labelled (a label may name several directories); "
+                   "predictions are rescored against every "
                    "accepted answer, looping answers counted, and two subsets added (answer missed by the ranking; "
                    "whole-document questions)")
     p.add_argument("--methods", default=None,
@@ -105,7 +106,7 @@ def combine(specs: list[str], out: Path) -> dict:
         found = sorted(Path(directory).rglob("results.json")) if sep else []
         if not found:
             raise E2LLMError(f"--combine {spec!r}: expected LABEL=DIR with results.json files under DIR")
-        runs[label] = [json.loads(path.read_text(encoding="utf-8")) for path in found]
+        runs.setdefault(label, []).extend(json.loads(path.read_text(encoding="utf-8")) for path in found)  # a label may repeat
     table = report.combine(runs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")

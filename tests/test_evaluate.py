@@ -326,3 +326,16 @@ def test_combine_keeps_apart_one_question_asked_of_two_documents(tmp_path):
     assert main(["--combine", f"run={tmp_path / 'run'}", "--out", str(tmp_path / "bench")]) == 0
     table = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     assert table["set.jsonl"]["run:hybrid"]["f1"] == 100.0
+
+
+def test_combine_merges_directories_given_the_same_label(tmp_path):
+    data = tmp_path / "set.jsonl"
+    data.write_text(json.dumps({"context": "x", "prompt": "q?", "answer": "a"}) + "\n")
+    for name, method in (("one", "soft"), ("two", "hybrid")):
+        (tmp_path / name).mkdir()
+        results = _results(data, [("q?", "a", "qa", 1.0, {method: "a"})])
+        results["files"] = {f"{name}.jsonl": results["files"]["set.jsonl"]}
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    assert main(["--combine", f"run={tmp_path / 'one'}", f"run={tmp_path / 'two'}", "--out", str(tmp_path / "b")]) == 0
+    table = json.loads((tmp_path / "b" / "benchmark.json").read_text())
+    assert table["one.jsonl"]["run:soft"]["f1"] == table["two.jsonl"]["run:hybrid"]["f1"] == 100.0
