@@ -90,10 +90,10 @@ def _generation_options(specs: list[str]) -> dict:
     for spec in specs:
         name, sep, value = spec.partition("=")
         try:
-            options[name] = json.loads(value) if sep else None
+            options[name] = json.loads(value)
         except json.JSONDecodeError:
-            options[name] = None
-        if not sep or options[name] is None and value != "null":
+            sep = ""
+        if not sep:
             raise E2LLMError(f"--generation {spec!r}: expected OPTION=VALUE with a number, e.g. no_repeat_ngram_size=3")
     return options
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .methods import DESCRIPTIONS, METHODS
+from ..config import GenerationConfig
+from .methods import DESCRIPTIONS, METHODS, load_examples
+from .metrics import loops, score
 
 
 def aggregate(outcomes: list[dict]) -> dict:
@@ -31,8 +33,6 @@ def _fmt(value, digits=1):
 
 def _decoding(generation: dict | None) -> str:
     """'greedy', or the options that differ from GenerationConfig's defaults."""
-    from ..config import GenerationConfig
-
     default = GenerationConfig().__dict__
     changed = {k: v for k, v in (generation or {}).items() if default.get(k) != v}
     return ("greedy" if not changed.get("temperature") else "sampled") + "".join(f", {k}={v}" for k, v in changed.items())
@@ -131,8 +131,6 @@ def plot(results: dict, path: str | Path) -> None:
 def _accepted_answers(path: str | Path) -> dict[tuple[str, str], list[str]]:
     """(question, answer) -> accepted answers, from a data file (lines may list several in `answers`); keyed by both,
     since one question ("Who gave this address?") can be asked of several documents."""
-    from .methods import load_examples
-
     try:
         return {(e.question, e.answer): e.answers for e in load_examples(path)}
     except OSError:
@@ -144,8 +142,6 @@ def combine(runs: dict[str, list[dict]]) -> dict:
     every accepted answer; with two subsets where reading the whole document should pay: questions whose answer the
     ranking missed (not in hybrid's raw passages), and whole-document questions (`task` starting "whole_document" or
     "handwritten_whole_document")."""
-    from .metrics import loops, score
-
     table: dict[str, dict[str, dict]] = {}
     subsets: dict[str, dict[str, list[dict]]] = {"ranking missed the answer": {}, "whole-document questions": {}}
     for label, results_list in runs.items():
