@@ -82,11 +82,6 @@ class LoraConfig:
                               f"model (e.g. {names[:8]})") from None
 
 
-def lora_versions(model) -> tuple:
-    """Changes whenever one of `model`'s LoRA weights is changed in place: torch counts tensor versions."""
-    return tuple(p._version for name, p in model.named_parameters() if "lora_" in name)
-
-
 @dataclass
 class GenerationConfig:
     """How answers are decoded: greedy (deterministic) unless a temperature is set. The repetition controls look at the

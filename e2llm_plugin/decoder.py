@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import GenerationConfig, LoraConfig, lora_versions
+from .config import GenerationConfig, LoraConfig
 from .context import PrefixCache
 from .embedded import load_base
 from .errors import E2LLMError
+from .merged import MergedCopy
 
 ANSWER_INSTRUCTION = "Answer the question: {question}"
 RESTATE_INSTRUCTION = "Restate the aforementioned context."
@@ -59,6 +60,7 @@ class Decoder(nn.Module):
         self.model = lora.apply(model, "decoder", task_type="CAUSAL_LM")
         self.has_lora = lora.r > 0
         self.lora_active = self.has_lora  # False while E2LLM.base_decoder() reads without it
+        self.inference_copy = MergedCopy(self.model)  # what generation reads: the LoRA merged, no LoRA matmuls
         self.dim = model.config.hidden_size
         self.max_tokens = getattr(model.config, "max_position_embeddings", None) or 2048
         self.stop_ids = self._stop_ids(model)
@@ -223,9 +225,10 @@ class Decoder(nn.Module):
         if generation.temperature > 0:
             rng = torch.Generator(device="cpu")
             rng.manual_seed(generation.seed if generation.seed is not None else int(torch.randint(2**62, ()).item()))
-        cache, rest = self._prefix(prompt, prefix_cache)
+        model = self.inference_copy.get() if self.lora_active else self.model  # base_decoder(): the adapter is off
+        cache, rest = self._prefix(model, prompt, prefix_cache)
         # logits_to_keep=1: the prefill needs the next-token logits only, not (L x vocab) of them.
-        out = self.model(inputs_embeds=rest, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(inputs_embeds=rest, cache=cache, use_cache=True, logits_to_keep=1)
         answer: list[int] = []
         for _ in range(max_new_tokens):
             token = next_token(out.logits[0, -1].float().cpu(), answer, generation, rng)
@@ -234,24 +237,24 @@ class Decoder(nn.Module):
             answer.append(token)
             yield token
             ids = torch.tensor([[token]], device=self.device)
-            out = self.model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
 
-    def _prefix(self, prompt: Prompt, prefix_cache: PrefixCache | None):
-        """The KV cache after the prompt's prefix (a private copy: decoding extends it) and the embeddings after it."""
+    def _prefix(self, model: nn.Module, prompt: Prompt, prefix_cache: PrefixCache | None):
+        """The KV cache after the prompt's prefix (one decoding may extend: the stored one stays as it was) and the
+        embeddings after it."""
         n = prompt.prefix_tokens
         if n == 0:
             return None, prompt.embeds
         prefix = prompt.embeds[:, :n]
         # By content and weights: the same template and soft tokens, read by the same LoRA, on or off.
         digest = hashlib.sha256(prefix.detach().to("cpu", torch.float32).numpy().tobytes()).hexdigest()
-        key = (digest, self.lora_active, lora_versions(self.model))
+        key = (digest, self.lora_active, self.inference_copy.key())
         cache = prefix_cache.get(key) if prefix_cache is not None else None
         if cache is None:
-            cache = self.model(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).cache
+            cache = model(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).cache
             if prefix_cache is not None:
-                prefix_cache.put(key, copy.deepcopy(cache))
-            return cache, prompt.embeds[:, n:]
-        return copy.deepcopy(cache), prompt.embeds[:, n:]
+                prefix_cache.put(key, cache)
+        return fork(cache), prompt.embeds[:, n:]
 
     def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None,
                     prefix_cache: PrefixCache | None = None, generation: GenerationConfig | None = None) -> Iterator[str]:
@@ -278,6 +281,17 @@ class Decoder(nn.Module):
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
         if cut > emitted:
             yield text[emitted:cut]
+
+
+def fork(cache):
+    """A KV cache that decoding can extend while `cache` stays as it was. transformers' dynamic layers never write into
+    their tensors (each step concatenates new ones), so the fork shares them and copies nothing; other layers (static
+    caches write in place) are deep-copied."""
+    from transformers.cache_utils import DynamicLayer
+
+    forked = copy.copy(cache)
+    forked.layers = [copy.copy(layer) if isinstance(layer, DynamicLayer) else copy.deepcopy(layer) for layer in cache.layers]
+    return forked
 
 
 def next_token(logits: torch.Tensor, answer: list[int], generation: GenerationConfig,
