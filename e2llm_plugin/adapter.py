@@ -5,7 +5,7 @@ encoder's width to the decoder's, so pooling and alignment happen in one step::
 
     K = X W_K,  V = X W_V;   h = LN(MHA(q, K, V) + q);   c = LN(h + FFN(h))
 
-(computed with the projections folded into the few queries, so its cost does not grow with the decoder's width).
+(computed with the key and value projections folded into the few queries, so no token is ever projected).
 
 `MLPAdapter` is the older alternative: mean-pool the chunk, then a two-layer MLP to k tokens.
 Both end with a learned scale, initialised to the size of the decoder's own token embeddings, so soft tokens
@@ -45,7 +45,8 @@ class VPMA(nn.Module):
         heads, hd = self.num_heads, d // self.num_heads
         # MHA(q, X W_K, X W_V) without projecting every token: W_K folds into the queries (the key bias adds the same
         # score to every token, which the softmax ignores), and W_V applies after pooling (the weights sum to one).
-        # The same result for a fraction of the cost: k queries meet each token once, not 2 * decoder_dim weights.
+        # The same result for a fraction of the cost: each token meets k * heads folded queries instead of being
+        # projected by two (decoder_dim x encoder_dim) matrices.
         q = self.q_proj(self.seeds).view(k, heads, hd)
         query = torch.einsum("khd,hde->khe", q, self.k_proj.weight.view(heads, hd, -1)) * hd**-0.5
         scores = (states @ query.flatten(0, 1).T).transpose(1, 2)  # (n, k * heads, t)
