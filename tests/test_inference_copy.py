@@ -48,14 +48,15 @@ def test_the_folded_adapter_is_multi_head_attention_pooling(k):
 def test_generation_reads_the_lora_merged_into_a_copy_that_shares_the_frozen_weights(tiny_config):
     model = build_tiny_model(tiny_config, seed=3)
     peft_model = model.decoder.model
-    base_q = peft_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.clone()
+    base_layer = peft_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    base_q = base_layer.weight.clone()
     merged = model.decoder.inference_copy.get()
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     # untouched weights are the model's own tensors; the merged projections are new ones, and the base is unchanged
     assert merged.get_input_embeddings().weight is peft_model.get_input_embeddings().weight
     merged_q = merged.model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(merged_q, base_q)
-    torch.testing.assert_close(peft_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight, base_q, rtol=0, atol=0)
+    assert torch.equal(base_layer.weight, base_q)
     embeds = torch.randn(1, 9, model.decoder.dim) * 0.05
     with torch.no_grad():
         torch.testing.assert_close(merged(inputs_embeds=embeds).logits, peft_model(inputs_embeds=embeds).logits)
