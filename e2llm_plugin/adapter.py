@@ -43,13 +43,16 @@ class VPMA(nn.Module):
         n = states.shape[0]
         k, d = self.seeds.shape
         heads, hd = self.num_heads, d // self.num_heads
-        # MHA(q, X W_K, X W_V) without projecting every token: W_K folds into the queries (the key bias adds the same
-        # score to every token, which the softmax ignores), and W_V applies after pooling (the weights sum to one).
-        # The same result for a fraction of the cost: each token meets k * heads folded queries instead of being
-        # projected by two (decoder_dim x encoder_dim) matrices.
-        q = self.q_proj(self.seeds).view(k, heads, hd)
-        query = torch.einsum("khd,hde->khe", q, self.k_proj.weight.view(heads, hd, -1)) * hd**-0.5
-        scores = (states @ query.flatten(0, 1).T).transpose(1, 2)  # (n, k * heads, t)
+        # MHA(q, X W_K, X W_V) without projecting every token: q . (W_K x + b_K) = (W_K^T q) . x + q . b_K, so W_K
+        # folds into the queries, and W_V applies after pooling (the attention weights sum to one). The same result
+        # for a fraction of the cost: each token meets k * heads folded queries instead of being projected by two
+        # (decoder_dim x encoder_dim) matrices.
+        q = self.q_proj(self.seeds).view(k, heads, hd) * hd**-0.5
+        query = torch.einsum("khd,hde->khe", q, self.k_proj.weight.view(heads, hd, -1))
+        # q . b_K is the same score for every token, which the softmax ignores; it stays so that every parameter
+        # takes part in the loss, as DistributedDataParallel requires.
+        key_bias = (q * self.k_proj.bias.view(heads, hd)).sum(-1)
+        scores = (states @ query.flatten(0, 1).T).transpose(1, 2) + key_bias.view(1, -1, 1)  # (n, k * heads, t)
         scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))  # padding is never attended
         pooled = (scores.softmax(-1) @ states).view(n, k, heads, -1)
         pooled = torch.einsum("nkhe,hde->nkhd", pooled, self.v_proj.weight.view(heads, hd, -1)) + self.v_proj.bias.view(heads, hd)

@@ -40,7 +40,7 @@ def test_the_folded_adapter_is_multi_head_attention_pooling(k):
     for out in (folded, reference):
         adapter.zero_grad()
         out.pow(2).sum().backward()
-        grads.append([adapter.k_proj.weight.grad.clone(), adapter.v_proj.weight.grad.clone(), adapter.q_proj.weight.grad.clone()])
+        grads.append([p.grad.clone() for p in adapter.parameters()])  # every one gets a gradient: DDP needs it
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 
