@@ -281,3 +281,18 @@ def test_v2_held_out_docs_never_reach_train_or_eval(built_v2):
     assert not {e["doc_id"] for e in train if e["source"] == "acl"} & test_papers
     assert {e["doc_id"] for e in _lines(out, "test_general_papers.jsonl")} <= test_papers
     assert all(e["source"] == v2.TEST_FAMILY[name] for name in v2.TEST_FAMILY for e in _lines(out, name))
+
+
+def test_a_subset_keeps_its_tasks_and_replays_factbook_qa(tmp_path):
+    from research.subset import main
+
+    records = ([{"context": "c", "prompt": "q?", "answer": "a", "task": "entity_qa", "source": "sotu"}] * 8
+               + [{"context": "c", "prompt": "q?", "answer": "a", "task": "continuation", "source": "sotu"}] * 5
+               + [{"context": "c", "prompt": "q?", "answer": "a", "task": "qa", "source": "factbook"}] * 6
+               + [{"text": "t", "task": "restate", "source": "factbook"}] * 3)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "subset.jsonl"
+    assert main([str(data), "--tasks", "entity_qa", "--replay-factbook", "0.25", "--out", str(out)]) == 0
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["task"] for r in kept) == ["entity_qa"] * 8 + ["qa"] * 2  # no continuation, no restate
