@@ -5,7 +5,8 @@ encoder's width to the decoder's, so pooling and alignment happen in one step::
 
     K = X W_K,  V = X W_V;   h = LN(MHA(q, K, V) + q);   c = LN(h + FFN(h))
 
-(computed with the key and value projections folded into the few queries, so no token is ever projected).
+(computed with the key projection folded into the few queries and the value projection applied after pooling, so no
+token is ever projected).
 
 `MLPAdapter` is the older alternative: mean-pool the chunk, then a two-layer MLP to k tokens.
 Both end with a learned scale, initialised to the size of the decoder's own token embeddings, so soft tokens
