@@ -1,21 +1,27 @@
-"""Paired comparison of two `python -m e2llm_plugin.evaluate` runs over the same questions.
+"""Paired comparisons over `python -m e2llm_plugin.evaluate` results, question by question.
 
     python -m research.compare docs/eval/issue12/head/results.json docs/eval/issue12/new/results.json
+    python -m research.compare --methods rag_tuned hybrid docs/eval/general/phase8/*/results.json
 
-Per file and method: how many answers are identical, and the mean F1 difference (second minus first) with its 95 %
-paired interval (1.96 standard errors of the per-question differences).
+Two runs over the same questions: per file and method, how many answers are identical, and the mean F1 difference
+(second minus first). `--methods A B` with any number of results: the mean F1 difference B minus A of one run's two
+methods, pooled over the general sets and, apart, over the Factbook ones. Each with its 95 % paired interval (1.96
+standard errors of the per-question differences).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    first_path, second_path = (sys.argv[1:] if argv is None else argv)[:2]
-    first, second = (json.load(open(p, encoding="utf-8")) for p in (first_path, second_path))
+def interval(diffs: list[float]) -> str:
+    half = 1.96 * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return f"F1 {statistics.mean(diffs):+.1f} ± {half:.1f}"
+
+
+def compare_runs(first: dict, second: dict) -> None:
     for name, entry in second["files"].items():
         rows, before = entry["examples"], first["files"][name]["examples"]
         if [r["question"] for r in rows] != [r["question"] for r in before]:
@@ -26,11 +32,40 @@ def main(argv: list[str] | None = None) -> int:
             if len(pairs) < 2:
                 continue
             same = sum(a["prediction"] == b["prediction"] for a, b in pairs)
-            diffs = [100 * (b["f1"] - a["f1"]) for a, b in pairs]
-            half = 1.96 * statistics.stdev(diffs) / len(diffs) ** 0.5
-            print(f"{name} {method}: {same}/{len(pairs)} answers identical; F1 {statistics.mean(diffs):+.1f} ± {half:.1f}")
+            print(f"{name} {method}: {same}/{len(pairs)} answers identical; "
+                  f"{interval([100 * (b['f1'] - a['f1']) for a, b in pairs])}")
+
+
+def compare_methods(runs: list[dict], first: str, second: str) -> dict[str, list[float]]:
+    """Per-question F1 differences `second` minus `first` (0-100), pooled by kind of set: general or Factbook."""
+    pooled: dict[str, list[float]] = {"general sets": [], "Factbook sets": []}
+    for run in runs:
+        for name, entry in run["files"].items():
+            kind = "Factbook sets" if "factbook" in name else "general sets"
+            for row in entry["examples"]:
+                a, b = row["methods"].get(first, {}), row["methods"].get(second, {})
+                if a.get("f1") is not None and b.get("f1") is not None:
+                    pooled[kind].append(100 * (b["f1"] - a["f1"]))
+    for kind, diffs in pooled.items():
+        if len(diffs) >= 2:
+            print(f"{kind} (n={len(diffs)}): {second} - {first}: {interval(diffs)}")
+    return pooled
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m research.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", help="results.json files (two runs, or any number with --methods)")
+    p.add_argument("--methods", nargs=2, metavar=("A", "B"), help="compare two methods of the same runs (B minus A)")
+    args = p.parse_args(argv)
+    if not args.methods and len(args.results) != 2:
+        p.error("give two results files, or --methods A B with any number")
+    runs = [json.load(open(path, encoding="utf-8")) for path in args.results]
+    if args.methods:
+        compare_methods(runs, *args.methods)
+    else:
+        compare_runs(*runs)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -287,6 +287,24 @@ def test_combine_rescores_against_accepted_answers_and_adds_the_subsets(tmp_path
     assert main(["--out", str(out)]) == 2  # neither --data nor --combine
 
 
+def test_compare_methods_pools_paired_differences_by_kind_of_set(capsys):
+    from research import compare
+
+    def run(name, f1s):
+        examples = [{"question": str(i), "methods": {"rag_tuned": {"f1": a}, "hybrid": {"f1": b}}}
+                    for i, (a, b) in enumerate(f1s)]
+        return {"files": {name: {"examples": examples}}}
+
+    runs = [run("test_general_novels.jsonl", [(1.0, 0.5), (0.0, 0.5)]),
+            run("test_factbook_short.jsonl", [(1.0, 0.0), (1.0, 0.0)])]
+    pooled = compare.compare_methods(runs, "hybrid", "rag_tuned")
+    assert pooled == {"general sets": [50.0, -50.0], "Factbook sets": [100.0, 100.0]}
+    out = capsys.readouterr().out
+    assert "general sets (n=2): rag_tuned - hybrid: F1 +0.0 ± 98.0" in out and "Factbook sets (n=2)" in out
+    with pytest.raises(SystemExit):
+        compare.main(["one.json"])  # neither two runs nor --methods
+
+
 def test_generation_options_reach_every_method(tiny_checkpoint, data_files, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[1]), "--out", str(out), "--methods", "closed_book,hybrid",
