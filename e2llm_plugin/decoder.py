@@ -14,7 +14,7 @@ import copy
 import hashlib
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -231,7 +231,7 @@ class Decoder(nn.Module):
         out = model(inputs_embeds=rest, cache=cache, use_cache=True, logits_to_keep=1)
         answer: list[int] = []
         for _ in range(max_new_tokens):
-            token = next_token(out.logits[0, -1].float().cpu(), answer, generation, rng)
+            token = next_token(out.logits[0, -1].float().cpu(), answer, generation, rng, self.stop_ids)
             if token in self.stop_ids:
                 return
             answer.append(token)
@@ -295,9 +295,12 @@ def fork(cache):
 
 
 def next_token(logits: torch.Tensor, answer: list[int], generation: GenerationConfig,
-               rng: torch.Generator | None) -> int:
+               rng: torch.Generator | None, stop_ids: Collection[int] = ()) -> int:
     """The next token from the vocabulary's logits, given the answer's tokens so far: the repetition penalty and n-gram
-    blocking look at the answer only (never the prompt), then greedy, or sampling with temperature, top-k and top-p."""
+    blocking look at the answer only (never the prompt), then greedy, or sampling with temperature, top-k and top-p.
+    A stop token never comes first, so an answer is never empty (transformers' `min_new_tokens=1`)."""
+    if not answer and stop_ids:
+        logits[list(stop_ids)] = float("-inf")
     if generation.repetition_penalty != 1.0 and answer:
         seen = torch.tensor(sorted(set(answer)))
         values = logits[seen]
