@@ -41,6 +41,13 @@ def test_greedy_by_default_is_the_argmax():
         assert next_token(logits.clone(), [1, 2, 3], GREEDY, None) == int(logits.argmax())
 
 
+def test_a_stop_token_never_comes_first_so_an_answer_is_never_empty():
+    logits = torch.tensor([0.0, 1.0, 5.0, 4.0])  # token 2, a stop token, is the most likely
+    assert next_token(logits.clone(), [], GREEDY, None, stop_ids={2}) == 3
+    assert next_token(logits.clone(), [1], GREEDY, None, stop_ids={2}) == 2  # later it may end the answer
+    assert next_token(logits.clone(), [], GenerationConfig(temperature=1.0, top_k=1), _rng(0), stop_ids={2}) == 3
+
+
 def test_the_repetition_penalty_lowers_only_tokens_already_in_the_answer():
     logits = [2.0, 3.0, 1.0, -1.0, -1.5]
     assert _next(logits) == 1
@@ -263,10 +270,12 @@ def test_shipped_checkpoint_with_repetition_controls_and_seeded_sampling():
     answer = model.generate(question, documents=[text], max_new_tokens=64, **controls)
     assert answer.strip() and _most_repeated_word_trigram(answer) < 3, answer
     ctx = model.compress([text], show_progress=False)
-    # A question whose greedy answer loops ("... by end use - ..." three times): the controls break the loop.
+    # Phase 5 looped on this question ("... by end use - ..." three times); phase 8, trained on short answers, ends it
+    # greedy. Loop-breaking itself is tested above on a tiny model; here: greedy and controlled answers both end.
     looping = "Describe the economy of Finland in detail."
-    assert _most_repeated_word_trigram(model.generate(looping, context=ctx, max_new_tokens=64)) >= 3
+    greedy = model.generate(looping, context=ctx, max_new_tokens=64)
     controlled = model.generate(looping, context=ctx, max_new_tokens=64, **controls)
-    assert len(controlled.split()) >= 10 and _most_repeated_word_trigram(controlled) < 3, controlled
+    assert greedy.strip() and _most_repeated_word_trigram(greedy) < 3, greedy
+    assert controlled.strip() and _most_repeated_word_trigram(controlled) < 3, controlled
     sampled = model.generate(question, context=ctx, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=11)
     assert sampled and model.generate(question, context=ctx, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=11) == sampled
