@@ -46,6 +46,9 @@ def compare_methods(runs: list[dict], first: str, second: str) -> dict[str, list
                 a, b = row["methods"].get(first, {}), row["methods"].get(second, {})
                 if a.get("f1") is not None and b.get("f1") is not None:
                     pooled[kind].append(100 * (b["f1"] - a["f1"]))
+    if not any(pooled.values()):
+        found = sorted({m for run in runs for f in run["files"].values() for row in f["examples"] for m in row["methods"]})
+        raise SystemExit(f"no question was answered by both {first!r} and {second!r}; these results hold: {', '.join(found)}")
     for kind, diffs in pooled.items():
         if len(diffs) >= 2:
             print(f"{kind} (n={len(diffs)}): {second} - {first}: {interval(diffs)}")

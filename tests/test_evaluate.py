@@ -303,6 +303,8 @@ def test_compare_methods_pools_paired_differences_by_kind_of_set(capsys):
     assert "general sets (n=2): rag_tuned - hybrid: F1 +0.0 ± 98.0" in out and "Factbook sets (n=2)" in out
     with pytest.raises(SystemExit):
         compare.main(["one.json"])  # neither two runs nor --methods
+    with pytest.raises(SystemExit, match="these results hold: hybrid, rag_tuned"):
+        compare.compare_methods(runs, "hybrid", "rag")  # a method the runs do not have
 
 
 def test_generation_options_reach_every_method(tiny_checkpoint, data_files, tmp_path, capsys):
