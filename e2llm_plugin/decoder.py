@@ -216,7 +216,8 @@ class Decoder(nn.Module):
     def generate_ids(self, prompt: Prompt, max_new_tokens: int, prefix_cache: PrefixCache | None = None,
                      generation: GenerationConfig | None = None) -> Iterator[int]:
         """Decoding with a KV cache (greedy unless `generation` sets a temperature); yields token ids until a stop token
-        or the limit.
+        or the limit. An answer of n tokens costs the prefill and n - 1 decoder forwards (n when a stop token ends it):
+        the last token's forward, which only predicts a token never read, is not run.
 
         A prompt with a cacheable prefix is prefilled in two steps, prefix then the rest, whether or not `prefix_cache`
         already holds the prefix's KV cache: so a reused prefix gives exactly the answer a fresh one gives."""
@@ -236,6 +237,8 @@ class Decoder(nn.Module):
                 return
             answer.append(token)
             yield token
+            if len(answer) == max_new_tokens:
+                return
             ids = torch.tensor([[token]], device=self.device)
             out = model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
 

@@ -187,7 +187,10 @@ class E2LLM(
         if self.training:
             return self.adapter(*self.encoder(texts))
         states, mask, _ = self.encoder.encode(texts)
-        return self.adapter(states, mask)
+        # The encoder's copy answers with inference tensors, which autograd cannot save: without no_grad the adapter
+        # would fail outside torch.no_grad(); with it, the result is a plain tensor that needs no gradient.
+        with torch.no_grad():
+            return self.adapter(states, mask)
 
     def grow_soft_tokens(self, k: int) -> None:
         """Read each chunk as k soft tokens instead of fewer, keeping what the adapter learned (fine-tune after)."""
@@ -236,27 +239,48 @@ class E2LLM(
         return contexts
 
     def _encode_chunks(self, chunks: list[Chunk], show_progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft tokens (n, k, d) and retrieval embeddings (n, d_enc) of chunks: from the store where it holds them, else
-        encoded (one encoder pass gives both) in batches of similar length, and stored batch by batch, so an interrupted
-        compression of a huge corpus keeps what it did."""
+        """Soft tokens (n, k, d) and retrieval embeddings (n, d_enc) of chunks: from the store where it holds them and
+        they fit this model, else encoded (one encoder pass gives both, once per distinct text) in batches of similar
+        length, and stored batch by batch, so an interrupted compression of a huge corpus keeps what it did."""
+        from .store import entry_problem
+
         texts = [c.text for c in chunks]
         fingerprint = self.fingerprint() if self.store is not None else ""
         with self._stage("store"):
             found = self._store_call("get_many", fingerprint, texts) or {}
-        missing = sorted((i for i in range(len(texts)) if i not in found), key=lambda i: chunks[i].num_tokens)
+        # What this model computes: an entry of another shape, dtype or with a NaN was written wrong; it is recomputed,
+        # and the recomputed entry replaces it in the store.
+        expected = {"soft": ((self.config.soft_tokens_per_chunk, self.decoder.dim), next(self.adapter.parameters()).dtype),
+                    "embedding": ((self.encoder.dim,), torch.float32)}
+        unfit = {}
+        for i, named in list(found.items()):
+            problem = entry_problem(named, expected)
+            if problem is None:
+                found[i] = {name: named[name].to(self.device) for name in expected}
+            else:
+                unfit[texts[i]] = problem
+                del found[i]
+        if unfit:
+            logger.warning("%d entries of the compressed store do not fit this model (the first: %s); recomputing them",
+                           len(unfit), next(iter(unfit.values())))
+        waiting: dict[str, list[int]] = {}  # each missing text once, with every index it fills, shortest first
+        for i in sorted((i for i in range(len(texts)) if i not in found), key=lambda i: chunks[i].num_tokens):
+            waiting.setdefault(texts[i], []).append(i)
+        distinct = list(waiting)
         size = self.config.encoder_batch_size
         # tqdm's delay shows the bar only when compression takes more than a moment.
-        with tqdm(total=len(missing), desc="Compressing", unit="chunk", delay=2.0, disable=show_progress is False) as bar:
-            for start in range(0, len(missing), size):
-                batch = missing[start : start + size]
+        with tqdm(total=len(distinct), desc="Compressing", unit="chunk", delay=2.0, disable=show_progress is False) as bar:
+            for start in range(0, len(distinct), size):
+                batch = distinct[start : start + size]
                 with self._stage("encoder"):
-                    states, mask, embeddings = self.encoder.encode([texts[i] for i in batch])
+                    states, mask, embeddings = self.encoder.encode(batch)
                 with self._stage("adapter"):
                     soft = self.adapter(states, mask)
                 fresh = [{"soft": soft[j], "embedding": embeddings[j]} for j in range(len(batch))]
-                found.update(zip(batch, fresh, strict=True))
+                for text, entry in zip(batch, fresh, strict=True):
+                    found.update(dict.fromkeys(waiting[text], entry))
                 with self._stage("store"):
-                    self._store_call("put_many", fingerprint, [texts[i] for i in batch], fresh)
+                    self._store_call("put_many", fingerprint, batch, fresh)
                 bar.update(len(batch))
         return (torch.stack([found[i]["soft"] for i in range(len(texts))]),
                 torch.stack([found[i]["embedding"] for i in range(len(texts))]))
