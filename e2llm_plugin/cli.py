@@ -39,19 +39,28 @@ def ask(args) -> None:
     loaded = time.perf_counter()
     context = model.compress([f.text for f in files])
     compressed = time.perf_counter()
+    answer = model.answer(args.question, context=context, mode=args.mode, max_new_tokens=args.max_new_tokens)
     pages = sum(len(f.pages) for f in files)
     print(
         f"[e2llm] {len(files)} file(s), {pages} page(s) -> {context.num_chunks} chunks -> {context.num_soft_tokens} soft tokens "
-        f"for {context.num_source_tokens} text tokens ({context.compression_ratio:.0f}x); "
+        f"for {context.num_source_tokens} text tokens ({context.compression_ratio:.0f}x){_partly_read(answer, context)}; "
         f"load {loaded - start:.1f}s, compress {compressed - loaded:.1f}s",
         file=sys.stderr,
     )
-    answer = model.answer(args.question, context=context, mode=args.mode, max_new_tokens=args.max_new_tokens)
     for piece in answer:
         print(piece, end="", flush=True)
     print()
     seconds = time.perf_counter() - compressed
     print(f"[e2llm] mode {answer.mode}, {answer.prompt_tokens} decoder tokens read, answer in {seconds:.1f}s", file=sys.stderr)
+
+
+def _partly_read(answer, context) -> str:
+    """Said whenever the answer reads only some of the chunks, so a reader knows the rest was not looked at."""
+    if answer.chunks_read >= context.num_chunks:
+        return ""
+    why = ("as raw passages, those most similar to the question" if answer.mode == "rag" else
+           "the documents exceed the decoder's window: those most similar to the question")
+    return f"; read {answer.chunks_read} of {context.num_chunks} chunks ({why})"
 
 
 def quiet_libraries() -> None:
