@@ -162,6 +162,19 @@ def test_compress_from_the_shell_says_usage_errors_without_a_traceback(tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_the_shipped_model_stores_the_readable_files_and_skips_the_rest(tmp_path, capsys):
+    (tmp_path / "good.txt").write_text(LOREM)
+    (tmp_path / "dangling.md").symlink_to(tmp_path / "gone.md")
+    assert compress.main([str(tmp_path), "--store", str(tmp_path / "store")]) == 1
+    out, err = capsys.readouterr()
+    summary = _summary(out)
+    assert summary["files"] == 1 and summary["skipped"] == 1 and "dangling.md" in err
+    model = E2LLM.from_pretrained(store=tmp_path / "store" / compress.STORE_FILE)
+    texts = [c.text for c in model.chunk([LOREM])]
+    assert len(model.store.get_many(model.fingerprint(), texts)) == len(texts)
+
+
 # ---- e2llm ask -----------------------------------------------------------------------------------------------------
 
 def test_ask_says_how_many_chunks_it_read_of_a_document_longer_than_the_window(tiny_checkpoint, tmp_path, capsys):

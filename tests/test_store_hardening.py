@@ -275,3 +275,9 @@ def test_the_shipped_model_recomputes_wrong_entries_and_encodes_repeats_once(tmp
     torch.testing.assert_close(context.soft_tokens[: len(texts)], reference.soft_tokens, rtol=0, atol=1e-5)
     assert model.generate(question, context=context, max_new_tokens=8) == expected
     assert _mode(store_path.parent) == 0o700 and _mode(store_path) == 0o600
+    steps = []
+    copy = model.decoder.inference_copy.get()
+    forward = copy.forward
+    monkeypatch.setattr(copy, "forward", lambda *a, **kw: steps.append(kw.get("input_ids") is not None) or forward(*a, **kw))
+    assert model.generate(question, context=context, max_new_tokens=1)
+    assert steps and steps.count(True) == 0  # an answer of one token: the prefill alone
