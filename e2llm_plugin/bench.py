@@ -43,13 +43,10 @@ def token_counts(value: str) -> list[int]:
     """argparse type: a comma-separated list of positive token counts ("1024,4096"; "" for none)."""
     counts = []
     for part in filter(None, (p.strip() for p in value.split(","))):
-        try:
-            counts.append(int(part))
-        except ValueError:
-            counts.append(0)
-        if counts[-1] <= 0:
+        if not part.isdecimal() or int(part) <= 0:
             raise argparse.ArgumentTypeError(f"{part!r} in {value!r} is not a positive number of tokens; "
                                              "give sizes as comma-separated integers, e.g. 1024,4096")
+        counts.append(int(part))
     return counts
 
 
