@@ -393,7 +393,7 @@ MAX_DESCRIPTION_WORDS = 90
 _TOPIC_LABELS = {"PERSON", "ORG", "NORP", "GPE", "LOC", "FAC", "EVENT", "WORK_OF_ART", "LAW", "PRODUCT", "LANGUAGE"}
 # Nouns of set phrases ("for instance", "in fact", "in order to"): nothing a description could be about.
 _VAGUE = set("""instance example case fact way thing things part time times number lot kind sort type order addition end place
-use result point course matter deal rest side hand term terms view""".split())
+use result point course matter deal rest side hand term terms view none one nothing anything everything something""".split())
 
 
 def _reads_as_text(sentence: str) -> bool:
@@ -413,8 +413,8 @@ def topics(paragraph_docs: list) -> list[tuple[str, str]]:
                 found.setdefault(ent.text, ent.text)
         for chunk in doc.noun_chunks:
             words = [t for t in chunk if not (t.i == chunk.start and t.dep_ == "det")]
-            if not words or chunk[0].pos_ == "PRON" or chunk[0].lower_ in ("a", "an", "some", "any", "no", "each", "every"):
-                continue  # "his plan", "a city": nothing a reader could look up
+            if not words or (len(words) < len(chunk) and chunk[0].lower_ != "the") or chunk[0].pos_ == "PRON":
+                continue  # "his plan", "a city", "these gifts": nothing a reader could look up
             if chunk.root.pos_ not in ("NOUN", "PROPN") or not 1 <= len(words) <= 4 or "\n" in chunk.text:
                 continue
             if not any(t.pos_ in ("NOUN", "PROPN") and t.lower_ not in _STOP and len(t.text) > 2 for t in words) or \
@@ -455,7 +455,8 @@ def section_summary(paragraphs: list[str], headings: set[str] | frozenset, rng: 
     options = []
     for i, p in enumerate(paragraphs[:-1]):
         following = paragraphs[i + 1]
-        if p in headings and following not in headings and paragraphs.count(p) == 1 and 2 <= len(p.split()) <= 10:
+        if p in headings and following not in headings and paragraphs.count(p) == 1 and 2 <= len(p.split()) <= 10 \
+                and re.search(r"\w$", p):
             lead = split_sentences(following)[:max_sentences]
             answer = " ".join(lead)
             if lead and 8 <= len(answer.split()) <= MAX_DESCRIPTION_WORDS:

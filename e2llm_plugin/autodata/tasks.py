@@ -10,12 +10,15 @@ Everything is seeded: the same documents and seed give the same lines.
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..errors import E2LLMError
+from ..documents import read_file
+from ..errors import DocumentError, E2LLMError
 from . import questions as q
 
 DOCUMENTS_SOURCE = "documents"
@@ -357,8 +360,8 @@ def lines_from(excerpts: list[Excerpt], seed: int = 0, recipe: Recipe = Recipe()
     for i, ex in enumerate(excerpts):
         rng = random.Random(f"{seed}:{ex.source}:{ex.doc_id}:{i}")
         for line in _excerpt_lines(ex, excerpts, pool, technical, rng, recipe):
-            key = (line.get("prompt"), str(line.get("context", line.get("text"))))
-            if key not in seen:  # the same question over the same text twice teaches nothing new
+            key = (line["task"], line["doc_id"], line.get("prompt"), line.get("answer"), line.get("text"))
+            if key not in seen:  # the same question and answer twice (in other windows) teaches little new
                 seen.add(key)
                 out.append(line)
     return out
@@ -399,3 +402,42 @@ def split_documents(doc_ids: list[str], share: float, seed: int = 0) -> tuple[li
 
 def task_counts(lines: list[dict]) -> dict[str, int]:
     return dict(sorted(Counter(line.get("task", "restate" if "text" in line else "qa") for line in lines).items()))
+
+
+@dataclass
+class DocumentLines:
+    """Lines made from files: training lines from some documents, evaluation lines from the others (whole documents)."""
+
+    train: list[dict]
+    eval: list[dict]
+    train_docs: list[str]
+    eval_docs: list[str]
+    skipped: list[str] = field(default_factory=list)  # "path: why" of files that could not be read
+
+
+def from_files(files: list[Path], heldout_share: float = 0.1, seed: int = 0, recipe: Recipe = Recipe()) -> DocumentLines:
+    """Read the files (txt, md, pdf: `e2llm_plugin.documents`), hold out a seeded share of whole documents for
+    evaluation, and make each side's lines from its own documents only. A file that cannot be read is skipped and
+    named in ``skipped`` (one scanned PDF should not stop a folder); none readable is an error."""
+    files = [Path(f) for f in files]
+    root = Path(os.path.commonpath([f.resolve().parent for f in files])) if files else Path()
+    texts, skipped = {}, []
+    for file in files:
+        try:
+            texts[file.resolve().relative_to(root).as_posix()] = read_file(file).text
+        except DocumentError as err:
+            skipped.append(str(err))
+    if not texts:
+        raise DocumentError("none of the documents could be read:\n  " + "\n  ".join(skipped or ["(no files)"]))
+    train_ids, eval_ids = split_documents(sorted(texts), heldout_share, seed)
+    excerpts = {doc_id: excerpts_of(doc_id, texts[doc_id], recipe.excerpt_words) for doc_id in texts}
+    empty = [d for d, e in excerpts.items() if not e]
+    if len(empty) == len(excerpts):
+        raise DocumentError(f"no paragraph of prose in {', '.join(sorted(texts))}: nothing to make training tasks from")
+    parse([e for doc_id in sorted(excerpts) for e in excerpts[doc_id]])
+
+    def lines(ids: list[str]) -> list[dict]:
+        return lines_from([e for doc_id in ids for e in excerpts[doc_id]], seed, recipe)
+
+    skipped += [f"{d}: no paragraph of prose" for d in empty]
+    return DocumentLines(lines(train_ids), lines(eval_ids), train_ids, eval_ids, skipped)
