@@ -455,7 +455,7 @@ def section_summary(paragraphs: list[str], headings: set[str] | frozenset, rng: 
     options = []
     for i, p in enumerate(paragraphs[:-1]):
         following = paragraphs[i + 1]
-        if p in headings and following not in headings and paragraphs.count(p) == 1 and 2 <= len(p.split()) <= 10 \
+        if p in headings and following not in headings and paragraphs.count(p) == 1 and len(p.split()) <= 10 \
                 and re.search(r"\w$", p):
             lead = split_sentences(following)[:max_sentences]
             answer = " ".join(lead)

@@ -320,10 +320,10 @@ def excerpts_of(doc_id: str, text: str, max_words: int = 2500, source: str = DOC
 class Recipe:
     """How many lines of each kind to make, per 1,000 words of document (whole-document questions: per excerpt)."""
 
-    entity_per_1000: float = 8.0
-    describe_per_1000: float = 2.0
-    section_per_1000: float = 0.5
-    haystack_per_1000: float = 1.0
+    entity_per_1000: float = 20.0
+    describe_per_1000: float = 6.0
+    section_per_1000: float = 2.0
+    haystack_per_1000: float = 2.0
     whole_per_excerpt: int = 2
     counterfactual_share: float = 0.2
     restate_words: tuple[int, int] = (300, 1000)
