@@ -65,7 +65,8 @@ def nlp():
     ("The delegates met in Philadelphia during the summer.", "Philadelphia", "Where did the delegates meet during the summer?"),
     ("Three ships were lost in the storm near the coast.", "Three", "How many ships were lost in the storm near the coast?"),
     ("The company sold 4,000 tickets in Lisbon.", "4,000", "How many tickets did the company sell in Lisbon?"),
-    ("The Senate ratified the treaty with Spain in 1819.", "Senate", "Which organization ratified the treaty with Spain in 1819?"),
+    ("The Senate ratified the treaty with Spain in 1819.", "Senate",
+     "Which organization ratified the treaty with Spain in 1819?"),
     ("Marie Curie won the Nobel Prize in 1911.", "the Nobel Prize", "Which work did Marie Curie win in 1911?"),
     ("The committee sent the report to the Treasury.", "Treasury", "To which organization did the committee send the report?"),
 ])
@@ -83,8 +84,9 @@ def test_technical_text_asks_what_and_unanswerable_entities_are_skipped(nlp):
 
 
 def test_counterfactual_swaps_the_answer_everywhere_in_context_and_answer():
-    example = {"context": ["Adams spoke in Boston in 1825.", "Later Adams left Boston."], "prompt": "Who spoke in Boston in 1825?",
-               "answer": "Adams", "task": "entity_qa", "source": "documents", "doc_id": "x", "extractive": True}
+    example = {"context": ["Adams spoke in Boston in 1825.", "Later Adams left Boston."],
+               "prompt": "Who spoke in Boston in 1825?", "answer": "Adams", "task": "entity_qa", "source": "documents",
+               "doc_id": "x", "extractive": True}
     made = q.counterfactual(example, "PERSON", {"PERSON": ["Morrow"]}, random.Random(0))
     assert made["answer"] == "Morrow" and made["original_answer"] == "Adams" and made["prompt"] == example["prompt"]
     assert made["context"] == ["Morrow spoke in Boston in 1825.", "Later Morrow left Boston."]

@@ -415,14 +415,16 @@ def topics(paragraph_docs: list) -> list[tuple[str, str]]:
             words = [t for t in chunk if not (t.i == chunk.start and t.dep_ == "det")]
             if not words or (len(words) < len(chunk) and chunk[0].lower_ != "the") or chunk[0].pos_ == "PRON":
                 continue  # "his plan", "a city", "these gifts": nothing a reader could look up
-            if chunk.root.pos_ not in ("NOUN", "PROPN") or not 1 <= len(words) <= 4 or "\n" in chunk.text:
-                continue
+            if chunk.root.pos_ not in ("NOUN", "PROPN") or not 1 <= len(words) <= 4 or "\n" in chunk.text or \
+                    any(t.pos_ not in ("ADJ", "NOUN", "PROPN", "NUM", "PUNCT") for t in words):
+                continue  # "not all POSTs", "such things": a phrase, not a name for something
             if not any(t.pos_ in ("NOUN", "PROPN") and t.lower_ not in _STOP and len(t.text) > 2 for t in words) or \
                     chunk.root.lower_ in _VAGUE:
                 continue
             if not re.fullmatch(r"[\w][\w .,'&-]*[\w]", chunk.text):
                 continue
-            found.setdefault(chunk.text, "".join(t.text_with_ws for t in words).strip())
+            key = "".join(t.text_with_ws for t in words).strip()
+            found.setdefault(f"the {key}" if len(words) < len(chunk) else key, key)  # "The lighthouse" began a sentence
     return sorted(found.items())
 
 
