@@ -24,6 +24,7 @@ import typing
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
+from .autodata.questions import INSTALL as AUTO_INSTALL
 from .config import ARCHITECTURE, MODES, E2LLMConfig
 from .errors import E2LLMError
 from .files import STAGING_PREFIX, recover
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--eval-data", help="evaluation JSONL (periodic and final eval loss)")
     io.add_argument("--documents", nargs="+", metavar="FILE_OR_DIR",
                     help="make the training tasks from these .pdf/.txt/.md files (directories are searched) with the "
-                    f"rule-based question generator (needs {autodata_install()}); the lines are kept in --output as "
+                    f"rule-based question generator (needs {AUTO_INSTALL}); the lines are kept in --output as "
                     f"{DOCUMENTS_TRAIN} and {DOCUMENTS_EVAL}; without --from, training starts from the shipped checkpoint")
     io.add_argument("--heldout-share", type=float, default=0.1,
                     help="with --documents: share of whole documents held out for the evaluation (at least one of two or more)")
@@ -153,12 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
             text += "; with --from, a larger k grows from the trained adapter (its k tokens kept, new ones warm-started)"
         model.add_argument("--" + flag.name.replace("_", "-"), type=flag.kind, choices=flag.choices, default=None, help=text)
     return p
-
-
-def autodata_install() -> str:
-    from .autodata.questions import INSTALL
-
-    return INSTALL
 
 
 def _check_args(a) -> None:
