@@ -22,6 +22,10 @@ class MissingModelError(E2LLMError):
     """An embedded default model package is not installed; the message says how to install it."""
 
 
+class MissingExtraError(E2LLMError):
+    """An optional feature needs packages of an extra that is not installed; the message names the pip command."""
+
+
 class ConfigError(E2LLMError):
     """A configuration value has the wrong type or is out of range; the message names the field."""
 
