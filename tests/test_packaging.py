@@ -103,7 +103,7 @@ def test_readme_keeps_the_two_command_setup():
 def test_readme_quick_starts_are_marked_for_the_newcomer_check():
     starts = _load_script("newcomer_check").quick_starts((ROOT / "README.md").read_text(encoding="utf-8"))
     assert [name for name, *_ in starts] == ["llama-index", "langchain", "cli"]
-    for name, lang, code, expected in starts:
+    for name, _lang, code, expected in starts:
         assert expected.strip(), name
         assert len(code.strip().splitlines()) <= 5, f"quick start {name} is longer than five lines"
 
