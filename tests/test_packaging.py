@@ -105,7 +105,7 @@ def test_readme_quick_starts_are_marked_for_the_newcomer_check():
     assert [name for name, *_ in starts] == ["llama-index", "langchain", "cli"]
     for name, _lang, code, expected in starts:
         assert expected.strip(), name
-        assert len(code.strip().splitlines()) <= 5, f"quick start {name} is longer than five lines"
+        assert len([line for line in code.splitlines() if line.strip()]) <= 5, f"quick start {name} is over five lines"
 
 
 def test_pooled_f1_of_the_status_box(capsys):
