@@ -116,3 +116,20 @@ def test_pooled_f1_of_the_status_box(capsys):
     for line in out.splitlines():  # every pooled F1 the script prints is the one the README shows
         f1 = re.search(r"F1 (\d+\.\d)", line).group(1)
         assert f"| {f1} |" in readme, line
+
+
+@pytest.mark.slow
+def test_the_cli_quick_start_prints_what_the_readme_shows(capsys, monkeypatch):
+    """The real models, in this process: the README's `e2llm ask` line and its output (CI runs all three from the wheel)."""
+    import shlex
+
+    from e2llm_plugin import cli
+
+    starts = _load_script("newcomer_check").quick_starts((ROOT / "README.md").read_text(encoding="utf-8"))
+    [(_, _, code, expected)] = [start for start in starts if start[0] == "cli"]
+    command = shlex.split(code.strip())
+    assert command[0] == "e2llm"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("E2LLM_STORE", "off")
+    assert cli.main(command[1:]) == 0
+    assert capsys.readouterr().out.strip() == expected.strip()
