@@ -137,8 +137,9 @@ class E2LLMConfig:
 
     # "soft": every chunk as soft tokens (the paper). "hybrid": soft tokens plus the raw text of the chunks most
     # similar to the question. "rag": only raw text of the most similar chunks (the classic baseline).
-    mode: Mode = setting("soft", help="how questions are read: soft, hybrid or rag")
-    hybrid_raw_tokens: int = setting(256, help="decoder tokens of raw passages hybrid reads beside the soft tokens",
+    # The default is the mode the shipped checkpoint was trained for and reads with.
+    mode: Mode = setting("hybrid", help="how questions are read: soft, hybrid or rag")
+    hybrid_raw_tokens: int = setting(512, help="decoder tokens of raw passages hybrid reads beside the soft tokens",
                                      flag=READING, low=0, high=1_000_000)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
     generation: GenerationConfig = setting(factory=GenerationConfig, help="how answers are decoded (greedy by default)")

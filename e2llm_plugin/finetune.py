@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "the hardware runs it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX), else fp32")
 
     tasks = p.add_argument_group("tasks")
-    tasks.add_argument("--mode", choices=MODES, default="soft",
-                       help="how reasoning examples are read; rag: raw text of the best chunks only, "
-                       "no soft tokens (trains a text-RAG baseline decoder on the QA lines; understanding tasks are skipped)")
+    tasks.add_argument("--mode", choices=MODES, default="hybrid",
+                       help="how reasoning examples are read (default: hybrid, the mode E2LLMConfig reads with); rag: raw "
+                       "text of the best chunks only, no soft tokens (trains a text-RAG baseline decoder on the QA lines; "
+                       "understanding tasks are skipped)")
     tasks.add_argument("--understanding-ratio", type=float, default=0.5,
                        help="chance a QA line also yields a restate-the-chunks task")
     tasks.add_argument("--understanding-weight", type=float, default=1.0)

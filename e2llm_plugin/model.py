@@ -103,6 +103,9 @@ class E2LLM(
     repo_url="https://github.com/e2llm/e2llm-plugin",
     paper_url="https://arxiv.org/abs/2409.06679",
     tags=["e2llm", "long-context", "soft-prompt", "rag-alternative"],
+    license="apache-2.0",
+    language=["en"],
+    pipeline_tag="text-generation",
     model_card_template=MODEL_CARD,
 ):
     """An encoder-elongated LLM: reads whole long documents as one soft token (or k) per chunk.

@@ -22,7 +22,7 @@ BLANK_PAGE = Document("\n", metadata={"source": "a.pdf", "page": 4})
 
 @pytest.fixture
 def llm(tiny_model):
-    return ChatE2LLM(model=tiny_model, long_text_tokens=32)
+    return ChatE2LLM(model=tiny_model, long_text_tokens=32, mode="soft")  # soft: no passages, unless a test asks for them
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_the_rest_of_a_conversation_stays_real_chat_turns(llm, spy, tiny_model):
              {"role": "assistant", "content": "Hello!"}]
     assert spy["histories"] == [turns]
     question = {"role": "user", "content": "When is the National Day?"}
-    direct = tiny_model.chat([*turns, question], context=tiny_model.compress([LONG]))
+    direct = tiny_model.chat([*turns, question], context=tiny_model.compress([LONG]), mode="soft")
     assert result.text == "".join(direct) and result.usage_metadata["input_tokens"] == direct.prompt_tokens
 
 

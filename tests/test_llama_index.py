@@ -74,7 +74,7 @@ def splitter():
 
 @pytest.fixture
 def engine(tiny_model):
-    return E2LLMQueryEngine.from_documents(documents(), model=tiny_model, transformations=[splitter()])
+    return E2LLMQueryEngine.from_documents(documents(), model=tiny_model, transformations=[splitter()], mode="soft")
 
 
 def test_public_names_are_llama_index_types(engine):
