@@ -261,7 +261,10 @@ def _documents_lines(a):
     from .autodata.tasks import from_files
     from .compress import find_files
 
-    made = from_files(find_files(a.documents), a.heldout_share, a.seed)
+    search = find_files(a.documents)
+    for folder in search.unlisted:
+        print(f"finetune: warning: skipped {folder['file']}: {folder['reason']}", file=sys.stderr)
+    made = from_files(search.files, a.heldout_share, a.seed)
     for why in made.skipped:
         print(f"finetune: warning: skipped {why}", file=sys.stderr)
     return made

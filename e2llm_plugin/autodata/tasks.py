@@ -425,8 +425,8 @@ def from_files(files: list[Path], heldout_share: float = 0.1, seed: int = 0, rec
     for file in files:
         try:
             texts[file.resolve().relative_to(root).as_posix()] = read_file(file).text
-        except DocumentError as err:
-            skipped.append(str(err))
+        except (DocumentError, OSError) as err:  # as compress does: one unreadable file never stops a folder
+            skipped.append(f"{file}: {err}" if isinstance(err, OSError) else str(err))
     if not texts:
         raise DocumentError("none of the documents could be read:\n  " + "\n  ".join(skipped or ["(no files)"]))
     train_ids, eval_ids = split_documents(sorted(texts), heldout_share, seed)
