@@ -23,6 +23,7 @@ from .config import ARCHITECTURE, MODES, E2LLMConfig
 from .errors import E2LLMError
 from .files import STAGING_PREFIX, recover
 from .model import CONFIG_NAME
+from .reading import reader_for
 from .training.data import DataError, JsonlDataset, check_fits
 from .training.trainer import Trainer, TrainingArgs
 
@@ -226,8 +227,8 @@ def _build_model(args: TrainingArgs, overrides: dict):
                 raise DataError(f"--soft-tokens-per-chunk {k} with --from {args.init_from}: {err}") from None
     else:
         model = E2LLM(config_with(E2LLMConfig(), overrides))
-    if args.mode == "rag":  # it reads as it was trained: from_pretrained() of this run answers by text RAG
-        model.config.mode = "rag"
+    if not reader_for(args.mode).reads_soft:  # it reads as it was trained: from_pretrained() of this run answers by text RAG
+        model.config.mode = args.mode
     return model
 
 
@@ -252,7 +253,7 @@ def run(argv: list[str] | None = None) -> dict:
     given = {f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}
     args = TrainingArgs(**given, config_overrides=overrides)
     # Every malformed line surfaces here, before any model is loaded.
-    qa_only = args.mode == "rag"
+    qa_only = not reader_for(args.mode).reads_soft  # no soft tokens to learn to restate
     datasets = [JsonlDataset(path, qa_only) for path in (args.data, args.eval_data) if path]
 
     import torch

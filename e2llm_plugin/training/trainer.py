@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..model import E2LLM
+from ..reading import SoftReader, reader_for
 from ..tasks import Task
 from .data import JsonlDataset, decoder_positions, make_tasks
 from .state import list_checkpoints, load_checkpoint, save_checkpoint
@@ -67,7 +68,8 @@ class Trainer:
     def __init__(self, model: E2LLM, args: TrainingArgs, accelerator):
         self.model, self.args, self.acc = model, args, accelerator
         self.output = Path(args.output)
-        qa_only = args.mode == "rag"  # a text-RAG decoder learns from QA lines only
+        self.reader = reader_for(args.mode)
+        qa_only = not self.reader.reads_soft  # a text-RAG decoder learns from QA lines only
         self.train_set = JsonlDataset(args.data, qa_only)
         self.eval_set = JsonlDataset(args.eval_data, qa_only) if args.eval_data else None
         self.world = accelerator.num_processes
@@ -99,7 +101,7 @@ class Trainer:
         record = dataset.read(example)
         rng = random.Random(f"{self.args.seed}-{cursor}")
         # A text-RAG decoder has no soft tokens to learn to restate; its data holds QA lines only (see __init__).
-        ratio = 0.0 if self.args.mode == "rag" else self.args.understanding_ratio
+        ratio = self.args.understanding_ratio if self.reader.reads_soft else 0.0
         kept = []
         for task in make_tasks(record, self.model, rng, ratio, self.args.window_chunks):
             task = self._read_as(task, rng) if dataset is self.train_set else task
@@ -113,12 +115,13 @@ class Trainer:
         return kept
 
     def _read_as(self, task: Task, rng: random.Random) -> Task:
-        """The recipe for hybrid training: some questions read from soft tokens alone, and in some the chunks that hold
-        the answer are kept out of the raw passages, so the decoder must learn to find answers in the soft tokens."""
-        if task.kind != "reasoning" or self.args.mode != "hybrid":
+        """The recipe for hybrid training (a mode that reads soft tokens and raw passages): some questions read from soft
+        tokens alone, and in some the chunks that hold the answer are kept out of the raw passages, so the decoder must
+        learn to find answers in the soft tokens."""
+        if task.kind != "reasoning" or not (self.reader.reads_soft and self.reader.reads_raw):
             return task
         if rng.random() < self.args.soft_ratio:
-            return dataclasses.replace(task, mode="soft")
+            return dataclasses.replace(task, mode=SoftReader.mode)
         if rng.random() < self.args.answer_out_ratio:
             return dataclasses.replace(task, hidden=task.answer_chunks())
         return task
