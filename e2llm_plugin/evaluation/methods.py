@@ -140,7 +140,8 @@ class Evaluator:
         return self.window - self.model.answer_text(question, "", max_new_tokens=1).prompt_tokens - self.max_new_tokens
 
     # ---- generation ----------------------------------------------------------------------------------------
-    def _decoder_for(self, method: str):
+    def decoder_for(self, method: str):
+        """The decoder `method` reads with: the base one (LoRA off) for the baselines, else the tuned one."""
         return self.model.base_decoder() if method in BASE_DECODER_METHODS else contextlib.nullcontext()
 
     def _consume(self, answer: Answer, start: float, outcome: Outcome) -> None:
@@ -157,7 +158,7 @@ class Evaluator:
         """Time and measure `build() -> Answer` then decoding, with the shared stages added."""
         outcome = Outcome()
         try:
-            with PeakMemory(self.model.device) as memory, self._decoder_for(method):
+            with PeakMemory(self.model.device) as memory, self.decoder_for(method):
                 start = time.perf_counter()
                 answer = build()
                 outcome.tokens_read = answer.prompt_tokens

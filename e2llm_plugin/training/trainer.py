@@ -95,7 +95,7 @@ class Trainer:
     # ---- data ---------------------------------------------------------------------------------------------------
     def _tasks(self, dataset: JsonlDataset, cursor: int, shuffle: bool = True) -> list[Task]:
         """Tasks of the example at global position `cursor`; deterministic in (seed, cursor), so resumable. Training
-        tasks follow the recipe (`_read_as`); evaluation reads every question in the run's mode, as users read."""
+        tasks follow the recipe (`read_as`); evaluation reads every question in the run's mode, as users read."""
         epoch, index = divmod(cursor, len(dataset))
         example = int(dataset.order(epoch, self.args.seed)[index]) if shuffle else index
         record = dataset.read(example)
@@ -104,7 +104,7 @@ class Trainer:
         ratio = self.args.understanding_ratio if self.reader.reads_soft else 0.0
         kept = []
         for task in make_tasks(record, self.model, rng, ratio, self.args.window_chunks):
-            task = self._read_as(task, rng) if dataset is self.train_set else task
+            task = read_as(task, self.args, rng) if dataset is self.train_set else task
             reason = self._too_long(task)
             if reason is None:
                 kept.append(task)
@@ -113,18 +113,6 @@ class Trainer:
             if dataset is self.train_set:  # the model card counts training tasks; eval runs again and again
                 self.skipped += 1
         return kept
-
-    def _read_as(self, task: Task, rng: random.Random) -> Task:
-        """The recipe for hybrid training (a mode that reads soft tokens and raw passages): some questions read from soft
-        tokens alone, and in some the chunks that hold the answer are kept out of the raw passages, so the decoder must
-        learn to find answers in the soft tokens."""
-        if task.kind != "reasoning" or not (self.reader.reads_soft and self.reader.reads_raw):
-            return task
-        if rng.random() < self.args.soft_ratio:
-            return dataclasses.replace(task, mode=SoftReader.mode)
-        if rng.random() < self.args.answer_out_ratio:
-            return dataclasses.replace(task, hidden=task.answer_chunks())
-        return task
 
     def _too_long(self, task: Task) -> str | None:
         """Why the model cannot read `task` (more chunks than --max-chunks, or past the decoder's window), else None.
@@ -278,6 +266,21 @@ class Trainer:
             self.log({"step": self.step, "final": True, **final})
         return {"steps": self.step, "stopped_early": stopped_early, "skipped_tasks": self.skipped, **final,
                 **{k: round(v, 4) for k, v in running.items()}}
+
+
+def read_as(task: Task, args: TrainingArgs, rng: random.Random) -> Task:
+    """How a training task is read: the recipe for hybrid training (a mode that reads soft tokens and raw passages) reads
+    some questions from soft tokens alone (`soft_ratio`), and keeps the chunks that hold the answer out of the raw
+    passages in some (`answer_out_ratio`), so the decoder must learn to find answers in the soft tokens. Other tasks and
+    modes are read as they are."""
+    reader = reader_for(args.mode)
+    if task.kind != "reasoning" or not (reader.reads_soft and reader.reads_raw):
+        return task
+    if rng.random() < args.soft_ratio:
+        return dataclasses.replace(task, mode=SoftReader.mode)
+    if rng.random() < args.answer_out_ratio:
+        return dataclasses.replace(task, hidden=task.answer_chunks())
+    return task
 
 
 def _any_rank(acc, flag: bool) -> bool:
