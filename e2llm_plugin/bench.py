@@ -34,6 +34,7 @@ import torch
 
 from .context import CompressedContext
 from .errors import E2LLMError
+from .reading import RagReader, reader_for
 from .store import CompressedStore
 
 QUESTIONS = ("What does the speaker say about the economy?", "Which countries are mentioned, and why?")
@@ -179,14 +180,13 @@ def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path
         context = contexts[mode]
         row.update(tokens=context.num_source_tokens, chunks=context.num_chunks)
         row[f"{mode}_chunks_read"] = model.answer(q2, context=context, mode=mode, max_new_tokens=1).chunks_read
-        if mode == "soft":
-            model.store.clear()  # the next mode starts uncached again
-    if "hybrid" in modes:  # against classic RAG: chunk, embed every chunk, rank, read the best passages raw
+        model.store.clear()  # the next mode starts uncached again
+    if any(reader_for(mode).reads_raw for mode in modes):  # against classic RAG: chunk, embed, rank, read the best raw
         def rag():
             chunks = model.chunk([text])
             embeddings = model.embed([c.text for c in chunks])
             context = CompressedContext(chunks, None, 1, row["tokens"], retrieval_embeddings=embeddings)
-            return model.answer(q1, context=context, mode="rag", max_new_tokens=1)
+            return model.answer(q1, context=context, mode=RagReader.mode, max_new_tokens=1)
 
         row["rag_uncached_s"], row["rag_stages"] = first_token(model, rag)
     model.store.close()

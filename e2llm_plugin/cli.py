@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .config import MODES
 from .errors import E2LLMError
+from .reading import reader_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,8 +135,9 @@ def _partly_read(answer, context) -> str:
     """Said whenever the answer reads only some of the chunks, so a reader knows the rest was not looked at."""
     if answer.chunks_read >= context.num_chunks:
         return ""
-    why = ("as raw passages, those most similar to the question" if answer.mode == "rag" else
-           "the documents exceed the decoder's window: those most similar to the question")
+    reads_soft = reader_for(answer.mode).reads_soft
+    why = ("the documents exceed the decoder's window: those most similar to the question" if reads_soft else
+           "as raw passages, those most similar to the question")
     return f"; read {answer.chunks_read} of {context.num_chunks} chunks ({why})"
 
 

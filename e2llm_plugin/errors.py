@@ -46,3 +46,7 @@ def check_unicode(text: str, what: str, error: type[E2LLMError] = E2LLMError) ->
 
 class StoreError(E2LLMError):
     """The compressed-chunk store's file cannot be used (not this store's database, a newer schema, damaged, a folder)."""
+
+
+class ContextOverflowError(E2LLMError):
+    """A prompt does not fit the decoder's window (with the tokens to generate); the message says what to shorten."""

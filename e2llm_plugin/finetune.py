@@ -29,6 +29,7 @@ from .config import ARCHITECTURE, MODES, E2LLMConfig
 from .errors import E2LLMError
 from .files import STAGING_PREFIX, recover
 from .model import CONFIG_NAME
+from .reading import reader_for
 from .training.data import DataError, JsonlDataset, check_fits
 from .training.trainer import Trainer, TrainingArgs
 
@@ -250,8 +251,8 @@ def _build_model(args: TrainingArgs, overrides: dict):
                 raise DataError(f"--soft-tokens-per-chunk {k} with --from {args.init_from}: {err}") from None
     else:
         model = E2LLM(config_with(E2LLMConfig(), overrides))
-    if args.mode == "rag":  # it reads as it was trained: from_pretrained() of this run answers by text RAG
-        model.config.mode = "rag"
+    if not reader_for(args.mode).reads_soft:  # it reads as it was trained: from_pretrained() of this run answers by text RAG
+        model.config.mode = args.mode
     return model
 
 
@@ -383,7 +384,7 @@ def run(argv: list[str] | None = None) -> dict:
     _check_args(a)
     overrides = {flag.name: getattr(a, flag.name) for flag in config_flags() if getattr(a, flag.name) is not None}
     given = {f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}
-    qa_only = a.mode == "rag"
+    qa_only = not reader_for(a.mode).reads_soft  # no soft tokens to learn to restate
     # Every malformed line surfaces here, before any model is loaded.
     datasets = [JsonlDataset(path, qa_only) for path in (a.data, a.eval_data) if path]
     made = _documents_lines(a) if a.documents and (a.dry_run or not a.resume) else None  # spaCy, before any model

@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load as load_tensors
@@ -73,6 +74,35 @@ _SCHEMA = (
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
+
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What `E2LLM(store=...)` needs of a store of compressed chunks: `CompressedStore` is one; any object with these
+    methods is another (a shared server, say). Entries are named tensors per (fingerprint, chunk text). A store that
+    cannot serve raises `StoreError`: the model then warns and compresses without it."""
+
+    def get_many(self, fingerprint: str, texts: list[str]) -> dict[int, dict[str, torch.Tensor]]:
+        """The entries held for these texts, by their index in `texts`; texts not held are left out."""
+        ...
+
+    def put_many(self, fingerprint: str, texts: list[str], tensors: list[dict[str, torch.Tensor]]) -> None:
+        """Store one entry per text, all or none of them."""
+        ...
+
+    def stats(self) -> dict:
+        """Figures about the store (entries, bytes, ...)."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds open."""
+        ...
+
 
 _inherited: list[sqlite3.Connection] = []  # connections a forked child got from its parent: kept, never used or closed
 

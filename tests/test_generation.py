@@ -135,7 +135,7 @@ def ctx(tiny_model):
 
 
 def _ids(model, ctx, n, **options):
-    prompt = model._prompt(QUESTION, ctx, "soft", n)[0]
+    prompt = model.read(QUESTION, ctx, "soft", max_new_tokens=n).prompt
     return list(model.decoder.generate_ids(prompt, n, generation=GenerationConfig(**options)))
 
 
