@@ -20,7 +20,6 @@ from pathlib import Path
 
 from .config import MODES
 from .errors import E2LLMError
-from .reading import reader_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +134,8 @@ def _partly_read(answer, context) -> str:
     """Said whenever the answer reads only some of the chunks, so a reader knows the rest was not looked at."""
     if answer.chunks_read >= context.num_chunks:
         return ""
+    from .reading import reader_for  # torch and the model code load only when a question is asked
+
     reads_soft = reader_for(answer.mode).reads_soft
     why = ("the documents exceed the decoder's window: those most similar to the question" if reads_soft else
            "as raw passages, those most similar to the question")
