@@ -103,9 +103,11 @@ def test_errors_from_the_shell_have_no_traceback(tmp_path):
 @pytest.mark.parametrize("name", sorted(cli.PROGRAMS))
 def test_each_module_program_is_also_a_subcommand(name, capsys):
     """`e2llm NAME ARGS` is `python -m e2llm_plugin.NAME ARGS`: the module's own parser reads the arguments."""
-    with pytest.raises(SystemExit) as exited:
-        cli.main([name, "--help"])
-    assert exited.value.code == 0
+    try:  # argparse exits on --help; a module that checks its arguments itself returns the status
+        code = cli.main([name, "--help"])
+    except SystemExit as exited:
+        code = exited.code
+    assert code == 0
     assert f"usage: python -m e2llm_plugin.{name}" in capsys.readouterr().out
     # the old spelling keeps working
     proc = subprocess.run([sys.executable, "-m", f"e2llm_plugin.{name}", "--help"], capture_output=True, text=True)
