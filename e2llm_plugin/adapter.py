@@ -110,8 +110,15 @@ def _nudged_copies(rows: torch.Tensor, count: int) -> torch.Tensor:
     return copies + torch.randn_like(copies) * rows.std() * 0.1
 
 
+#: The adapter of each `config.adapter` kind: (encoder width, decoder width, k, config, embedding scale) -> module.
+BUILDERS = {
+    "vpma": lambda enc, dec, k, config, scale: VPMA(enc, dec, k, config.adapter_heads, scale),
+    "mlp": lambda enc, dec, k, config, scale: MLPAdapter(enc, dec, k, scale),
+}
+
+
 def build_adapter(config: E2LLMConfig, encoder_dim: int, decoder_dim: int, embed_scale: float) -> nn.Module:
     """The adapter `config.adapter` names, producing `config.soft_tokens_per_chunk` tokens per chunk."""
-    if config.adapter == "vpma":
-        return VPMA(encoder_dim, decoder_dim, config.soft_tokens_per_chunk, config.adapter_heads, embed_scale)
-    return MLPAdapter(encoder_dim, decoder_dim, config.soft_tokens_per_chunk, embed_scale)
+    if config.adapter not in BUILDERS:
+        raise ConfigError(f"unknown adapter {config.adapter!r}; choose one of {sorted(BUILDERS)}")
+    return BUILDERS[config.adapter](encoder_dim, decoder_dim, config.soft_tokens_per_chunk, config, embed_scale)

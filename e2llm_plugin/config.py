@@ -111,6 +111,47 @@ class GenerationConfig:
         return GenerationConfig(**{**asdict(self), **overrides}) if overrides else self
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """The settings of one call (answer, generate, stream, chat, answer_text, the integrations), checked once by
+    `CallOptions.build` against a model's config, whose defaults fill what is not given."""
+
+    mode: Mode  # how a question over a context is read (see `e2llm_plugin.reading`)
+    max_new_tokens: int  # longest answer, in decoder tokens
+    stop: tuple[str, ...] = ()  # the answer ends right before the first of these
+    raw_tokens: int | None = None  # raw-passage budget in hybrid and rag modes; None: the config's
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # how tokens are chosen
+
+    @classmethod
+    def build(cls, config: E2LLMConfig, mode: str | None = None, max_new_tokens: int | None = None, stop=None,
+              raw_tokens: int | None = None, **generation: Any) -> CallOptions:
+        """Options from a call's arguments over `config`'s defaults; `generation`: `GenerationConfig` fields (temperature,
+        top_p, ...) for this call. A `ConfigError` names the first argument that is wrong."""
+        decoding = config.generation.with_overrides(generation)
+        mode = check_mode(mode) or config.mode
+        if raw_tokens is not None and (not _is_int(raw_tokens) or raw_tokens < 0):
+            raise ConfigError(f"raw_tokens must be a non-negative integer, got {raw_tokens!r}")
+        max_new_tokens = config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if not _is_int(max_new_tokens) or max_new_tokens <= 0:
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        return cls(mode, max_new_tokens, _check_stop(stop), raw_tokens, decoding)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_stop(stop) -> tuple[str, ...]:
+    """Stop sequences as non-empty strings; one string is one stop sequence, not a list of characters."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise ConfigError(f"stop must be a string or a list of strings, got {stop!r:.80}")
+    return tuple(s for s in stop if s)
+
+
 def _decoder_lora() -> LoraConfig:
     return LoraConfig(r=16, alpha=32, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
 
@@ -137,8 +178,9 @@ class E2LLMConfig:
 
     # "soft": every chunk as soft tokens (the paper). "hybrid": soft tokens plus the raw text of the chunks most
     # similar to the question. "rag": only raw text of the most similar chunks (the classic baseline).
-    mode: Mode = setting("soft", help="how questions are read: soft, hybrid or rag")
-    hybrid_raw_tokens: int = setting(256, help="decoder tokens of raw passages hybrid reads beside the soft tokens",
+    # The default is the mode the shipped checkpoint was trained for and reads with.
+    mode: Mode = setting("hybrid", help="how questions are read: soft, hybrid or rag")
+    hybrid_raw_tokens: int = setting(512, help="decoder tokens of raw passages hybrid reads beside the soft tokens",
                                      flag=READING, low=0, high=1_000_000)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
     generation: GenerationConfig = setting(factory=GenerationConfig, help="how answers are decoded (greedy by default)")

@@ -23,11 +23,13 @@ from torch import nn
 from .config import GenerationConfig, LoraConfig
 from .context import PrefixCache
 from .embedded import load_base
-from .errors import E2LLMError
+from .errors import ContextOverflowError
 from .merged import MergedCopy
 
 ANSWER_INSTRUCTION = "Answer the question: {question}"
 RESTATE_INSTRUCTION = "Restate the aforementioned context."
+#: How raw passages follow the soft tokens (hybrid reading): a heading, then the passages, one per line.
+PASSAGES_HEADING = " Relevant passages:\n{passages}\n"
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Decoder(nn.Module):
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False, split_special_tokens=True)["input_ids"])
 
     # ---- prompt ---------------------------------------------------------------------------------------------
-    def _encode_chat(self, messages: list[dict], around_slot: tuple[str, str] | None = None) -> list[torch.Tensor]:
+    def encode_chat(self, messages: list[dict], around_slot: tuple[str, str] | None = None) -> list[torch.Tensor]:
         """Token ids of the chat rendered in the decoder's template, cut where the soft tokens go.
 
         `around_slot`: the last user turn's text before and after the soft tokens (the turn is appended). All message
@@ -142,9 +144,9 @@ class Decoder(nn.Module):
 
         The paper's prompt is the last user turn, as in training; earlier chat turns (system included) come first."""
         def ids(instruction: str) -> list[torch.Tensor]:
-            after = f" Relevant passages:\n{raw}\n" if raw else ""
+            after = PASSAGES_HEADING.format(passages=raw) if raw else ""
             after += f" Please follow the instruction: {instruction}"
-            return self._encode_chat(list(history or []), around_slot=("Given the contexts: ", after))
+            return self.encode_chat(list(history or []), around_slot=("Given the contexts: ", after))
 
         prefix_ids, suffix_ids = ids(instruction)
         shared = 0
@@ -171,13 +173,13 @@ class Decoder(nn.Module):
 
     def chat_prompt(self, messages: list[dict], max_new_tokens: int = 0) -> Prompt:
         """A plain chat prompt, no soft tokens: the decoder as an ordinary chat model."""
-        (ids,) = self._encode_chat(messages)
+        (ids,) = self.encode_chat(messages)
         self._check_length(len(ids), max_new_tokens)
         return Prompt(self.model.get_input_embeddings()(ids).unsqueeze(0))
 
     def _check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if prompt_tokens + max_new_tokens > self.max_tokens:
-            raise E2LLMError(
+            raise ContextOverflowError(
                 f"the prompt needs {prompt_tokens} decoder tokens (+{max_new_tokens} to generate) but the decoder "
                 f"reads at most {self.max_tokens}; use fewer or shorter documents, larger chunks, or fewer soft tokens per chunk"
             )
@@ -216,7 +218,8 @@ class Decoder(nn.Module):
     def generate_ids(self, prompt: Prompt, max_new_tokens: int, prefix_cache: PrefixCache | None = None,
                      generation: GenerationConfig | None = None) -> Iterator[int]:
         """Decoding with a KV cache (greedy unless `generation` sets a temperature); yields token ids until a stop token
-        or the limit.
+        or the limit. An answer of n tokens costs the prefill and n - 1 decoder forwards (n when a stop token ends it):
+        the last token's forward, which only predicts a token never read, is not run.
 
         A prompt with a cacheable prefix is prefilled in two steps, prefix then the rest, whether or not `prefix_cache`
         already holds the prefix's KV cache: so a reused prefix gives exactly the answer a fresh one gives."""
@@ -236,6 +239,8 @@ class Decoder(nn.Module):
                 return
             answer.append(token)
             yield token
+            if len(answer) == max_new_tokens:
+                return
             ids = torch.tensor([[token]], device=self.device)
             out = model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
 

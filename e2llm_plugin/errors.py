@@ -22,6 +22,10 @@ class MissingModelError(E2LLMError):
     """An embedded default model package is not installed; the message says how to install it."""
 
 
+class MissingExtraError(E2LLMError):
+    """An optional feature needs packages of an extra that is not installed; the message names the pip command."""
+
+
 class ConfigError(E2LLMError):
     """A configuration value has the wrong type or is out of range; the message names the field."""
 
@@ -42,3 +46,7 @@ def check_unicode(text: str, what: str, error: type[E2LLMError] = E2LLMError) ->
 
 class StoreError(E2LLMError):
     """The compressed-chunk store's file cannot be used (not this store's database, a newer schema, damaged, a folder)."""
+
+
+class ContextOverflowError(E2LLMError):
+    """A prompt does not fit the decoder's window (with the tokens to generate); the message says what to shorten."""

@@ -25,6 +25,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("E2LLM_CACHE") or Path.home() / ".cache" / "e2llm_plugin").expanduser()
 
 
+def private_directory(path: str | os.PathLike) -> Path:
+    """Create `path` and any missing parents as 0700 folders (whatever the umask); folders that exist keep their modes,
+    for they are the user's to set."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile: it keeps the mode it was given
+            folder.mkdir(mode=0o700)
+            os.chmod(folder, 0o700)  # mkdir's mode passes through the umask, which could remove the owner's own bits
+    return path
+
+
+def private_file(path: str | os.PathLike) -> bool:
+    """Create `path` as an empty 0600 file (whatever the umask) if nothing is there; True if this call created it.
+    A file that exists keeps its mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have taken the owner's bits: restore exactly 0600
+    finally:
+        os.close(fd)
+    return True
+
+
 @contextlib.contextmanager
 def write_directory(target: str | os.PathLike, marker: str, mode: int = 0o644) -> Iterator[Path]:
     """Yield a staging folder to write files into; on success move them into `target`, `marker` last.

@@ -1,9 +1,12 @@
 """`python -m e2llm_plugin.finetune`: train E2LLM (encoder LoRA, adapter, decoder LoRA) on your own JSONL data.
 
     python -m e2llm_plugin.finetune --data train.jsonl --eval-data eval.jsonl --output runs/mine --max-steps 500
+    python -m e2llm_plugin.finetune --documents reports/ --output runs/mine --time-budget 30
 
 Each line is ``{"context": str | [str], "prompt": str, "answer": str}`` (reasoning) or ``{"text": str}``
-(understanding only). The output directory is an `E2LLM.from_pretrained` checkpoint; `checkpoints/` inside it holds
+(understanding only). ``--documents`` makes such lines from txt, md and pdf files alone (`e2llm_plugin.autodata`, the
+``auto`` extra), holds out a share of whole documents for the evaluation, and starts from the shipped checkpoint.
+The output directory is an `E2LLM.from_pretrained` checkpoint; `checkpoints/` inside it holds
 the resumable saves (`--resume`). Runs unchanged under ``torchrun`` and ``accelerate launch``.
 """
 
@@ -12,23 +15,29 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import random
 import shlex
 import shutil
 import sys
 import typing
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
+from .autodata.questions import INSTALL as AUTO_INSTALL
 from .config import ARCHITECTURE, MODES, E2LLMConfig
 from .errors import E2LLMError
 from .files import STAGING_PREFIX, recover
 from .model import CONFIG_NAME
+from .reading import reader_for
 from .training.data import DataError, JsonlDataset, check_fits
 from .training.trainer import Trainer, TrainingArgs
 
 RUN_FILE = "run.json"
 # What a run writes into --output; --overwrite removes these and nothing else.
-RUN_FILES = (RUN_FILE, "train_log.jsonl", "checkpoints", "config.json", "model.safetensors", "README.md")
+DOCUMENTS_TRAIN, DOCUMENTS_EVAL = "documents_train.jsonl", "documents_eval.jsonl"  # what --documents made, kept for --resume
+RUN_FILES = (RUN_FILE, "train_log.jsonl", "checkpoints", "config.json", "model.safetensors", "README.md", DOCUMENTS_TRAIN,
+             DOCUMENTS_EVAL)
 RUN_KEYS = {"data", "output", "config_overrides"}  # keys every run.json holds: a file by that name without them is not ours
 
 
@@ -83,9 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m e2llm_plugin.finetune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = p.add_argument_group("data and output")
-    io.add_argument("--data", required=True, help="training JSONL")
+    io.add_argument("--data", help="training JSONL (required unless --documents; with it, mixed in)")
     io.add_argument("--eval-data", help="evaluation JSONL (periodic and final eval loss)")
-    io.add_argument("--output", required=True, help="run directory; ends up a loadable checkpoint")
+    io.add_argument("--documents", nargs="+", metavar="FILE_OR_DIR",
+                    help="make the training tasks from these .pdf/.txt/.md files (directories are searched) with the "
+                    f"rule-based question generator (needs {AUTO_INSTALL}); the lines are kept in --output as "
+                    f"{DOCUMENTS_TRAIN} and {DOCUMENTS_EVAL}; without --from, training starts from the shipped checkpoint")
+    io.add_argument("--heldout-share", type=float, default=0.1,
+                    help="with --documents: share of whole documents held out for the evaluation (at least one of two or more)")
+    io.add_argument("--dry-run", action="store_true",
+                    help="print how many lines of each task the data holds (and a sample of those --documents makes), "
+                    "then stop without loading a model or training")
+    io.add_argument("--output", help="run directory; ends up a loadable checkpoint (required unless --dry-run)")
     io.add_argument("--from", dest="init_from", help="continue from a trained checkpoint directory or Hub repo id")
     io.add_argument("--resume", action="store_true", help="continue the run in --output from its last save")
     io.add_argument("--overwrite", action="store_true", help="replace whatever --output holds")
@@ -112,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "the hardware runs it natively (GPUs with bf16, CPUs with AVX512-BF16 or AMX), else fp32")
 
     tasks = p.add_argument_group("tasks")
-    tasks.add_argument("--mode", choices=MODES, default="soft",
-                       help="how reasoning examples are read; rag: raw text of the best chunks only, "
-                       "no soft tokens (trains a text-RAG baseline decoder on the QA lines; understanding tasks are skipped)")
+    tasks.add_argument("--mode", choices=MODES, default="hybrid",
+                       help="how reasoning examples are read (default: hybrid, the mode E2LLMConfig reads with); rag: raw "
+                       "text of the best chunks only, no soft tokens (trains a text-RAG baseline decoder on the QA lines; "
+                       "understanding tasks are skipped)")
     tasks.add_argument("--understanding-ratio", type=float, default=0.5,
                        help="chance a QA line also yields a restate-the-chunks task")
     tasks.add_argument("--understanding-weight", type=float, default=1.0)
@@ -140,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a) -> None:
+    if not (a.data or a.documents):
+        raise DataError("give the training data: --data FILE (JSONL lines) or --documents FILES_OR_DIRS (or both)")
+    if not (a.output or a.dry_run):
+        raise DataError("--output is required: the run directory that becomes the trained checkpoint")
+    if not 0 <= a.heldout_share < 1:
+        raise DataError(f"--heldout-share must be at least 0 and below 1, got {a.heldout_share}")
     for name in ("batch_size", "grad_accum", "save_every", "keep_checkpoints", "window_chunks", "max_chunks"):
         if getattr(a, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1")
@@ -226,9 +251,118 @@ def _build_model(args: TrainingArgs, overrides: dict):
                 raise DataError(f"--soft-tokens-per-chunk {k} with --from {args.init_from}: {err}") from None
     else:
         model = E2LLM(config_with(E2LLMConfig(), overrides))
-    if args.mode == "rag":  # it reads as it was trained: from_pretrained() of this run answers by text RAG
-        model.config.mode = "rag"
+    if not reader_for(args.mode).reads_soft:  # it reads as it was trained: from_pretrained() of this run answers by text RAG
+        model.config.mode = args.mode
     return model
+
+
+# --- --documents: training lines made from the documents themselves ---------------------------------------------
+
+def _documents_lines(a):
+    from .autodata.tasks import from_files
+    from .compress import find_files
+
+    search = find_files(a.documents)
+    for folder in search.unlisted:
+        print(f"finetune: warning: skipped {folder['file']}: {folder['reason']}", file=sys.stderr)
+    made = from_files(search.files, a.heldout_share, a.seed)
+    for why in made.skipped:
+        print(f"finetune: warning: skipped {why}", file=sys.stderr)
+    return made
+
+
+def _documents_run(a, made) -> dict:
+    """The TrainingArgs --documents sets: the run directory's line files, and the shipped checkpoint to start from."""
+    from .model import resolve_checkpoint
+
+    output = Path(a.output)
+    has_eval = bool(made.eval or a.eval_data) if made is not None else (output / DOCUMENTS_EVAL).is_file()
+    # Without --from, the model that reads documents best already: adapting it to the user's domain is the point.
+    start = a.init_from or str(resolve_checkpoint(None))
+    return {"data": str(output / DOCUMENTS_TRAIN), "eval_data": str(output / DOCUMENTS_EVAL) if has_eval else None,
+            "init_from": start}
+
+
+def _fitting(made, model, mode: str):
+    """The generated lines the decoder can read with one chunk of context (a generated line is dropped, not refused)."""
+    from .training.data import decoder_positions
+
+    def fits(line: dict) -> bool:
+        return "prompt" not in line or \
+            decoder_positions(model, mode, line["prompt"], line["answer"], num_chunks=1) <= model.context_window
+
+    train, evaluation = [x for x in made.train if fits(x)], [x for x in made.eval if fits(x)]
+    if not train or (made.eval and not evaluation):
+        raise DataError("no line made from the documents fits the decoder's window; use a decoder with a longer window")
+    return replace(made, train=train, eval=evaluation)
+
+
+def _write_documents_lines(output: Path, made, a) -> None:
+    """The run's training and evaluation lines (--data's and --eval-data's appended as they are), each file written
+    whole under a temporary name and renamed, so --resume finds exactly these or none."""
+    for name, lines, extra in ((DOCUMENTS_TRAIN, made.train, a.data), (DOCUMENTS_EVAL, made.eval, a.eval_data)):
+        if not lines and not extra:
+            continue
+        staging = output / (name + ".partial")
+        with staging.open("w", encoding="utf-8") as out:
+            for line in lines:
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            if extra:
+                with open(extra, encoding="utf-8") as given:
+                    for raw in given:
+                        if raw.strip():
+                            out.write(raw if raw.endswith("\n") else raw + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staging, output / name)
+
+
+def _read_lines(path: str | None) -> list[dict]:
+    if not path:
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(raw) for raw in f if raw.strip()]
+
+
+def _dry_run(a, made, samples_per_task: int = 2) -> dict:
+    """Print what training would read (lines per task, a seeded sample of the generated ones); load nothing, train nothing."""
+    from .autodata.tasks import task_counts
+
+    sides = {"train": _read_lines(a.data), "eval": _read_lines(a.eval_data)}
+    if made is not None:
+        print(f"documents: {len(made.train_docs)} for training, {len(made.eval_docs)} held out for the evaluation"
+              + (f" ({', '.join(made.eval_docs)})" if made.eval_docs else "") + f", {len(made.skipped)} skipped")
+        sides = {"train": made.train + sides["train"], "eval": made.eval + sides["eval"]}
+    summary = {"dry_run": True, **{side: {"lines": len(lines), "by_task": task_counts(lines)} for side, lines in sides.items()}}
+    for side, lines in sides.items():
+        print(f"{side}: {len(lines)} lines")
+        for task, n in summary[side]["by_task"].items():
+            print(f"  {task:<40} {n:>6}")
+    if made is not None and made.train:
+        rng = random.Random(a.seed)
+        print("sample of the lines made from the documents:")
+        by_task: dict[str, list[dict]] = {}
+        for line in made.train:
+            by_task.setdefault(line["task"], []).append(line)
+        for task, lines in sorted(by_task.items()):
+            for line in rng.sample(lines, min(samples_per_task, len(lines))):
+                if "prompt" in line:
+                    print(f"  [{task}] {line['doc_id']}\n    Q: {line['prompt']}\n    A: {_clip(line['answer'])}")
+                else:
+                    print(f"  [{task}] {line['doc_id']}\n    {_clip(line['text'])}")
+    return summary
+
+
+def _clip(text: str, words: int = 60) -> str:
+    parts = text.split()
+    return " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
+
+
+def _documents_card(output: Path) -> str:
+    if not (output / DOCUMENTS_TRAIN).is_file():
+        return ""
+    return (f"- training tasks made from the documents themselves (`{DOCUMENTS_TRAIN}`, evaluation on held-out documents: "
+            f"`{DOCUMENTS_EVAL}`)\n")
 
 
 def _training_card(args: TrainingArgs, summary: dict, model, argv: list[str]) -> str:
@@ -250,10 +384,15 @@ def run(argv: list[str] | None = None) -> dict:
     _check_args(a)
     overrides = {flag.name: getattr(a, flag.name) for flag in config_flags() if getattr(a, flag.name) is not None}
     given = {f.name: getattr(a, f.name) for f in fields(TrainingArgs) if hasattr(a, f.name)}
-    args = TrainingArgs(**given, config_overrides=overrides)
+    qa_only = not reader_for(a.mode).reads_soft  # no soft tokens to learn to restate
     # Every malformed line surfaces here, before any model is loaded.
-    qa_only = args.mode == "rag"
-    datasets = [JsonlDataset(path, qa_only) for path in (args.data, args.eval_data) if path]
+    datasets = [JsonlDataset(path, qa_only) for path in (a.data, a.eval_data) if path]
+    made = _documents_lines(a) if a.documents and (a.dry_run or not a.resume) else None  # spaCy, before any model
+    if a.dry_run:
+        return _dry_run(a, made)
+    if a.documents:
+        given.update(_documents_run(a, made))
+    args = TrainingArgs(**given, config_overrides=overrides)
 
     import torch
     from accelerate import Accelerator
@@ -268,21 +407,30 @@ def run(argv: list[str] | None = None) -> dict:
     output = Path(args.output)
     unsigned = ("time_budget_min", "push_to_hub", "eval_every", "save_every", "keep_checkpoints")  # may change on --resume
     signature = {k: v for k, v in asdict(args).items() if k not in unsigned}
+    if a.documents:
+        signature["documents"] = {"paths": a.documents, "heldout_share": a.heldout_share, "data": a.data,
+                                  "eval_data": a.eval_data}
     _check_output(output, signature, a.resume, a.overwrite)
+    if a.documents and a.resume:  # the lines the run was started with, kept in --output
+        datasets = [JsonlDataset(path, qa_only) for path in (args.data, args.eval_data) if path]
     set_seed(args.seed)
     model = _build_model(args, overrides).to(acc.device)  # before --output is touched: a refused --from leaves it as it was
     for dataset in datasets:  # lines the model can never read, refused before they stop a run (and every resume)
         check_fits(dataset, model, args.mode)
+    if made is not None:
+        made = _fitting(made, model, args.mode)
     acc.wait_for_everyone()
     if acc.is_main_process:
         _start_output(output, signature, a.resume)
+        if made is not None:
+            _write_documents_lines(output, made, a)
     acc.wait_for_everyone()
     trainer = Trainer(model, args, acc)
     if a.resume:
         trainer.resume()
     summary = trainer.train()
     if acc.is_main_process:
-        card = {"training": _training_card(args, summary, model, argv)}
+        card = {"training": _training_card(args, summary, model, argv) + _documents_card(output)}
         model.save_pretrained(output, model_card_kwargs=card)  # the run directory itself becomes a loadable checkpoint
         if args.push_to_hub:
             model.push_to_hub(args.push_to_hub, model_card_kwargs=card)

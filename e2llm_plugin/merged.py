@@ -15,12 +15,23 @@ import threading
 import torch
 from torch import nn
 
+#: Which weights training changes, declared once (as peft's `adapter_layer_names`): every weight of these top-level
+#: modules of an E2LLM, and every LoRA matrix (peft names them `lora_A`, `lora_B`, ...) wherever it sits. Saving
+#: (`E2LLM.trained_state_dict`), the optimizer's parameters, the store's fingerprint and this merged copy go by it.
+TRAINED_MODULES = ("adapter",)
+LORA_MARKER = "lora_"
+
+
+def is_trained(name: str) -> bool:
+    """Whether the parameter (or state-dict entry) `name` is one training changes; the base models' are frozen."""
+    return name.split(".", 1)[0] in TRAINED_MODULES or LORA_MARKER in name
+
 
 class MergedCopy:
     def __init__(self, model: nn.Module):
         self.model = model
         # Listed once: walking named_parameters on every call costs milliseconds per answer.
-        self._lora = [p for name, p in model.named_parameters() if "lora_" in name]
+        self._lora = [p for name, p in model.named_parameters() if is_trained(name)]
         self._copy: tuple[tuple, nn.Module] | None = None
         self._lock = threading.Lock()
 
@@ -43,7 +54,7 @@ class MergedCopy:
         shared = {}
         if dtype is None:  # deepcopy's memo maps these tensors to themselves: shared, not copied
             tensors = itertools.chain(self.model.named_parameters(), self.model.named_buffers())
-            shared = {id(t): t for name, t in tensors if "lora_" not in name and "base_layer" not in name}
+            shared = {id(t): t for name, t in tensors if not is_trained(name) and "base_layer" not in name}
         frozen = copy.deepcopy(self.model, shared)
         frozen = frozen.merge_and_unload() if self._lora else frozen  # writes only into the copied base layers
         return (frozen if dtype is None else frozen.to(dtype)).eval()

@@ -26,13 +26,15 @@ from tqdm.auto import tqdm
 
 from .adapter import build_adapter, mean_pool
 from .chunking import Chunk, Chunker, segments, validate_documents
-from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, E2LLMConfig, GenerationConfig, Mode, check_mode
+from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, CallOptions, E2LLMConfig, Mode
 from .context import CompressedContext, PrefixCache, count_cl100k
 from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, Prompt
 from .encoder import ChunkEncoder
 from .errors import CheckpointError, ConfigError, E2LLMError, StoreError, UnreadableTextWarning, check_unicode
 from .files import recover, write_directory
-from .store import CompressedStore, default_store_path
+from .merged import is_trained
+from .reading import TEACHER, RagReader, Reading, fit_passages, reader_for
+from .store import CompressedStore, Store, default_store_path, entry_problem
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,9 @@ class Answer:
     chunks_read: int = 0
     completion_tokens: int = 0
     text: str = ""
+    # Every chunk by similarity to the question, most similar first, where the reading ranked them (hybrid, rag, and soft
+    # when the chunks overflow the window); else None. Integrations score their sources with it.
+    ranking: list[tuple[int, float]] | None = None
     _pieces: Iterator[str] | None = field(default=None, repr=False)
 
     def __iter__(self) -> Iterator[str]:
@@ -103,6 +108,9 @@ class E2LLM(
     repo_url="https://github.com/e2llm/e2llm-plugin",
     paper_url="https://arxiv.org/abs/2409.06679",
     tags=["e2llm", "long-context", "soft-prompt", "rag-alternative"],
+    license="apache-2.0",
+    language=["en"],
+    pipeline_tag="text-generation",
     model_card_template=MODEL_CARD,
 ):
     """An encoder-elongated LLM: reads whole long documents as one soft token (or k) per chunk.
@@ -114,7 +122,8 @@ class E2LLM(
     def __init__(self, config: E2LLMConfig | None = None, *, trust_remote_code: bool = False, store=True):
         """`store`: where compressed chunks persist across questions, processes and runs (see `e2llm_plugin.store`):
         True for the per-user default (`$E2LLM_STORE`, else `$E2LLM_CACHE/compressed.sqlite`; `E2LLM_STORE=off` turns
-        it off), a file path, a `CompressedStore`, or False for none."""
+        it off), a file path, a `CompressedStore` or any other object implementing the `Store` protocol, or False for
+        none."""
         super().__init__()
         config = copy.deepcopy(config) if config is not None else E2LLMConfig()
         config.validate()  # again: a config's fields can be set after it was built
@@ -132,7 +141,6 @@ class E2LLM(
         self.adapter = build_adapter(config, self.encoder.dim, self.decoder.dim, self.decoder.embed_scale())
         self.chunker = self._chunker(config.chunk_tokens)
         self.store = open_store(store)
-        self._fingerprint: tuple[tuple, str] | None = None
         self._timings: dict[str, float] | None = None  # set by profile()
         self.eval()
 
@@ -187,7 +195,10 @@ class E2LLM(
         if self.training:
             return self.adapter(*self.encoder(texts))
         states, mask, _ = self.encoder.encode(texts)
-        return self.adapter(states, mask)
+        # The encoder's copy answers with inference tensors, which autograd cannot save: without no_grad the adapter
+        # would fail outside torch.no_grad(); with it, the result is a plain tensor that needs no gradient.
+        with torch.no_grad():
+            return self.adapter(states, mask)
 
     def grow_soft_tokens(self, k: int) -> None:
         """Read each chunk as k soft tokens instead of fewer, keeping what the adapter learned (fine-tune after)."""
@@ -236,58 +247,87 @@ class E2LLM(
         return contexts
 
     def _encode_chunks(self, chunks: list[Chunk], show_progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft tokens (n, k, d) and retrieval embeddings (n, d_enc) of chunks: from the store where it holds them, else
-        encoded (one encoder pass gives both) in batches of similar length, and stored batch by batch, so an interrupted
-        compression of a huge corpus keeps what it did."""
+        """Soft tokens (n, k, d) and retrieval embeddings (n, d_enc) of chunks: from the store where it holds them and
+        they fit this model, else encoded (one encoder pass gives both, once per distinct text) in batches of similar
+        length, and stored batch by batch, so an interrupted compression of a huge corpus keeps what it did."""
+
         texts = [c.text for c in chunks]
         fingerprint = self.fingerprint() if self.store is not None else ""
         with self._stage("store"):
-            found = self._store_call("get_many", fingerprint, texts) or {}
-        missing = sorted((i for i in range(len(texts)) if i not in found), key=lambda i: chunks[i].num_tokens)
+            found = self._store_get(fingerprint, texts)
+        # What this model computes: an entry of another shape, dtype or with a NaN was written wrong; it is recomputed,
+        # and the recomputed entry replaces it in the store.
+        expected = {"soft": ((self.config.soft_tokens_per_chunk, self.decoder.dim), next(self.adapter.parameters()).dtype),
+                    "embedding": ((self.encoder.dim,), torch.float32)}
+        unfit = {}
+        for i, named in list(found.items()):
+            problem = entry_problem(named, expected)
+            if problem is None:
+                found[i] = {name: named[name].to(self.device) for name in expected}
+            else:
+                unfit[texts[i]] = problem
+                del found[i]
+        if unfit:
+            logger.warning("%d entries of the compressed store do not fit this model (the first: %s); recomputing them",
+                           len(unfit), next(iter(unfit.values())))
+        waiting: dict[str, list[int]] = {}  # each missing text once, with every index it fills, shortest first
+        for i in sorted((i for i in range(len(texts)) if i not in found), key=lambda i: chunks[i].num_tokens):
+            waiting.setdefault(texts[i], []).append(i)
+        distinct = list(waiting)
         size = self.config.encoder_batch_size
         # tqdm's delay shows the bar only when compression takes more than a moment.
-        with tqdm(total=len(missing), desc="Compressing", unit="chunk", delay=2.0, disable=show_progress is False) as bar:
-            for start in range(0, len(missing), size):
-                batch = missing[start : start + size]
+        with tqdm(total=len(distinct), desc="Compressing", unit="chunk", delay=2.0, disable=show_progress is False) as bar:
+            for start in range(0, len(distinct), size):
+                batch = distinct[start : start + size]
                 with self._stage("encoder"):
-                    states, mask, embeddings = self.encoder.encode([texts[i] for i in batch])
+                    states, mask, embeddings = self.encoder.encode(batch)
                 with self._stage("adapter"):
                     soft = self.adapter(states, mask)
                 fresh = [{"soft": soft[j], "embedding": embeddings[j]} for j in range(len(batch))]
-                found.update(zip(batch, fresh, strict=True))
+                for text, entry in zip(batch, fresh, strict=True):
+                    found.update(dict.fromkeys(waiting[text], entry))
                 with self._stage("store"):
-                    self._store_call("put_many", fingerprint, [texts[i] for i in batch], fresh)
+                    self._store_put(fingerprint, batch, fresh)
                 bar.update(len(batch))
         return (torch.stack([found[i]["soft"] for i in range(len(texts))]),
                 torch.stack([found[i]["embedding"] for i in range(len(texts))]))
 
-    def _store_call(self, verb: str, *args):
-        """The store is a cache: if it fails (locked too long, damaged), say so and carry on without it."""
+    # The store is a cache: if it fails (locked too long, damaged), say so and carry on without it.
+    def _store_get(self, fingerprint: str, texts: list[str]) -> dict[int, dict[str, torch.Tensor]]:
         if self.store is None:
-            return None
+            return {}
         try:
-            return getattr(self.store, verb)(*args)
+            return self.store.get_many(fingerprint, texts)
         except StoreError as err:
             logger.warning("compressed-chunk store unavailable (%s); compressing without it", err)
-            return None
+            return {}
+
+    def _store_put(self, fingerprint: str, texts: list[str], tensors: list[dict[str, torch.Tensor]]) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.put_many(fingerprint, texts, tensors)
+        except StoreError as err:
+            logger.warning("compressed-chunk store unavailable (%s); compressing without it", err)
 
     def fingerprint(self) -> str:
         """Digest of everything that shapes a chunk's soft tokens and retrieval embedding (the encoder, its LoRA, the
-        adapter, k, the inference precision): the store's entries are keyed by it. Recomputed only when a weight
-        changes (torch counts in-place changes), so a model trained further never reads its old entries."""
-        named = sorted((n, p) for n, p in self.named_parameters() if n.startswith("adapter.") or (n.startswith("encoder.")
-                                                                                                   and "lora_" in n))
-        versions = tuple((id(p), p._version) for _, p in named)
-        if self._fingerprint is None or self._fingerprint[0] != versions:
-            digest = hashlib.sha256(json.dumps({
-                "format": 1, "encoder": self.config.encoder, "adapter": self.config.adapter,
-                "k": self.config.soft_tokens_per_chunk, "dtype": str(self.encoder.inference_dtype()),
-            }, sort_keys=True).encode())
-            for name, p in named:
-                digest.update(name.encode())
-                digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            self._fingerprint = (versions, digest.hexdigest())
-        return self._fingerprint[1]
+        adapter, k, the inference precision): the store's entries are keyed by it. The trained weights' values are hashed
+        on every call (the shipped model's 3.9M such weights, 15.5 MB: tens of milliseconds, once per compression), so any
+        change to them, an edit through `.data` that torch's version counter misses included, gives a new fingerprint:
+        a model trained further never reads its old entries."""
+        # The encoder's and the adapter's trained weights (the decoder's do not shape soft tokens), walked alone: walking
+        # the whole model costs more than hashing these.
+        parts = (("encoder", self.encoder), ("adapter", self.adapter))
+        named = sorted((n, p) for prefix, part in parts for n, p in part.named_parameters(prefix) if is_trained(n))
+        digest = hashlib.sha256(json.dumps({
+            "format": 1, "encoder": self.config.encoder, "adapter": self.config.adapter,
+            "k": self.config.soft_tokens_per_chunk, "dtype": str(self.encoder.inference_dtype()),
+        }, sort_keys=True).encode())
+        for name, p in named:
+            digest.update(name.encode())
+            digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy())  # hashed in place, not copied
+        return digest.hexdigest()
 
     def embed(self, texts: list[str]) -> torch.Tensor:
         """Unit-length sentence embeddings (the encoder's mean-pooled states, LoRA on): how chunks are ranked for a
@@ -312,17 +352,7 @@ class E2LLM(
                         include=frozenset()) -> list[tuple[int, float]]:
         """The most similar chunks whose raw text fits `budget` decoder tokens, in document order. Training steers it:
         chunks in `exclude` are never chosen, chunks in `include` are taken first."""
-        ranked = [item for item in self.rank_chunks(question, context) if item[0] not in exclude]
-        ranked.sort(key=lambda item: item[0] not in include)  # stable: similarity order within each group
-        chosen, used = [], 0
-        for index, score in ranked:
-            cost = self.count_tokens(context.chunks[index].text)
-            if used + cost <= budget:
-                chosen.append((index, score))
-                used += cost
-            if budget - used < 8:
-                break
-        return sorted(chosen)
+        return fit_passages(self, context, self.rank_chunks(question, context), budget, exclude, include)
 
     @staticmethod
     def check_question(question) -> str:
@@ -345,122 +375,83 @@ class E2LLM(
 
     def rag_budget(self, context: CompressedContext) -> int:
         """Decoder positions "rag" mode fills with raw text: as many as hybrid reads (soft tokens + raw budget)."""
-        return context.num_chunks * self.config.soft_tokens_per_chunk + self.config.hybrid_raw_tokens
+        return RagReader.budget(self, context)
 
-    def _prompt(self, question: str, context: CompressedContext, mode: str, max_new_tokens: int = 0, target: str | None = None,
-                history: list[dict] | None = None, raw_tokens: int | None = None, exclude=frozenset(),
-                include=frozenset()) -> tuple[Prompt, list, int]:
-        """The decoder's prompt for a question over a context, the raw passages it includes (hybrid, rag; `exclude` and
-        `include` steer their choice in training), and how many chunks it reads (as soft tokens, or passages in rag)."""
-        instruction = ANSWER_INSTRUCTION.format(question=question)
-        if mode == "rag":  # raw text of the best chunks in the context slot, where soft tokens would go
-            budget = self.rag_budget(context) if raw_tokens is None else raw_tokens
-            # Only what fits beside the prompt and the answer: rag reads a few passages of any long context.
-            frame = self.decoder.build_prompt(self.decoder.text_embeddings(""), instruction, history=history).num_tokens
-            reserve = max_new_tokens if target is None else self.count_tokens(target) + 1  # room for the answer
-            budget = min(budget, self.decoder.max_tokens - frame - reserve)
-            passages = self.select_passages(question, context, budget, exclude=exclude, include=include)
-            text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
-            slot = self.decoder.text_embeddings(text, max_tokens=budget)
-            prompt = self.decoder.build_prompt(slot, instruction, target=target, max_new_tokens=max_new_tokens, history=history)
-            return prompt, passages, len(passages)
-        if context.soft_tokens is None:
-            raise E2LLMError(f"mode {mode!r} reads soft tokens, but this context holds raw text only; use mode='rag'")
-        passages = []
-        raw = None
-        budget = self.config.hybrid_raw_tokens if raw_tokens is None else raw_tokens
-        if mode == "hybrid" and budget > 0:
-            passages = self.select_passages(question, context, budget, exclude=exclude, include=include)
-            raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
-        read = self._chunks_that_fit(question, context, instruction, raw, max_new_tokens, history, training=target is not None)
-        soft = (context.soft_tokens if len(read) == len(context.chunks) else context.soft_tokens[read]).flatten(0, 1)
-        prompt = self.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens, history=history,
-                                           cacheable=target is None)
-        return prompt, passages, len(read)
+    def read(self, question: str, context: CompressedContext, mode: Mode | None = None, *, max_new_tokens: int = 0,
+             target: str | None = None, history: list[dict] | None = None, raw_tokens: int | None = None,
+             exclude=frozenset(), include=frozenset()) -> Reading:
+        """The decoder's prompt for a question over a context, as `mode`'s reader builds it (see `e2llm_plugin.reading`),
+        with the passages it reads as raw text, the chunks it reads and the ranking. `target` makes a training prompt;
+        `exclude` and `include` steer which passages training reads. Nothing is generated: `answer` does that."""
+        return reader_for(mode or self.config.mode).read(
+            self, question, context, max_new_tokens=max_new_tokens, target=target, history=history, raw_tokens=raw_tokens,
+            exclude=exclude, include=include)
 
-    def _chunks_that_fit(self, question: str, context: CompressedContext, instruction: str, raw: str | None,
-                         max_new_tokens: int, history: list[dict] | None, training: bool) -> list[int]:
-        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt; else the chunks most
-        similar to the question that fit, in document order (a document of any length can be asked; `Answer.chunks_read`
-        says how many were read). Training reads whole contexts or none: there, a context that does not fit is an error."""
-        n, k = context.soft_tokens.shape[:2]
-        frame = self.decoder.build_prompt(context.soft_tokens[:0].flatten(0, 1), instruction, raw, history=history).num_tokens
-        room = (self.decoder.max_tokens - frame - max_new_tokens) // k
-        if n <= room or training:
-            return list(range(n))  # build_prompt refuses what does not fit
-        if room < 1:
-            raise E2LLMError(
-                f"the question, chat history and raw passages take {frame} of the decoder's {self.decoder.max_tokens} "
-                f"positions (+{max_new_tokens} to generate), leaving none for the document; shorten them or lower max_new_tokens"
-            )
-        logger.info("the context's %d chunks overflow the decoder's window: reading the %d most similar to the question", n, room)
-        return sorted(i for i, _ in self.rank_chunks(question, context)[:room])
+    def call_options(self, options: CallOptions | None = None, **settings) -> CallOptions:
+        """One call's options (mode, max_new_tokens, stop, raw_tokens and `GenerationConfig` overrides), checked once over
+        the config's defaults (`CallOptions.build`); or `options` as given, built earlier, when no setting is."""
+        if options is None:
+            return CallOptions.build(self.config, **settings)
+        given = sorted(name for name, value in settings.items() if value is not None)
+        if given:
+            raise ConfigError(f"pass either options or {given}, not both")
+        if not isinstance(options, CallOptions):
+            raise ConfigError(f"options must be a CallOptions (model.call_options(...)), got {type(options).__name__}")
+        return options
 
     def answer(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
                max_new_tokens: int | None = None, stop: list[str] | None = None, history: list[dict] | None = None,
-               raw_tokens: int | None = None, **generation) -> Answer:
+               raw_tokens: int | None = None, *, options: CallOptions | None = None, **generation) -> Answer:
         """Prepare an answer: validates everything up front, then iterate the result for text pieces.
 
         `history`: earlier chat turns (``{"role", "content"}`` dicts, a system message included) placed before the
         question's turn, which holds the compressed context. `raw_tokens`: decoder tokens of raw passages to read in
         hybrid and rag modes, instead of the config's budget. `generation`: options of `GenerationConfig` for this
-        answer (temperature, top_p, top_k, seed, repetition_penalty, no_repeat_ngram_size) over the config's."""
-        decoding = self.config.generation.with_overrides(generation)
+        answer (temperature, top_p, top_k, seed, repetition_penalty, no_repeat_ngram_size) over the config's.
+        `options`: all of these settings at once, from `call_options`."""
+        options = self.call_options(options, mode=mode, max_new_tokens=max_new_tokens, stop=stop, raw_tokens=raw_tokens,
+                                    **generation)
         question = self.check_question(question)
-        mode = check_mode(mode) or self.config.mode
-        if raw_tokens is not None and (not _is_int(raw_tokens) or raw_tokens < 0):
-            raise E2LLMError(f"raw_tokens must be a non-negative integer, got {raw_tokens!r}")
-        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
-        stop = _check_stop(stop)
         context = self._context(documents, context)
         history = _check_messages(history or [], final_user=False)
         with torch.inference_mode():
-            prompt, passages, read = self._prompt(question, context, mode, max_new_tokens, history=history, raw_tokens=raw_tokens)
-        result = Answer(context=context, mode=mode, prompt_tokens=prompt.num_tokens, passages=passages, chunks_read=read)
-        return self._start(result, prompt, max_new_tokens, stop, decoding, context.prefix_cache)
+            reading = self.read(question, context, options.mode, max_new_tokens=options.max_new_tokens, history=history,
+                                raw_tokens=options.raw_tokens)
+        result = Answer(context=context, mode=reading.mode, prompt_tokens=reading.prompt.num_tokens,
+                        passages=reading.passages, chunks_read=reading.chunks_read, ranking=reading.ranking)
+        return self._start(result, reading.prompt, options, context.prefix_cache)
 
     def answer_text(self, question: str, text: str, max_text_tokens: int | None = None, max_new_tokens: int | None = None,
-                    stop: list[str] | None = None, **generation) -> Answer:
+                    stop: list[str] | None = None, *, options: CallOptions | None = None, **generation) -> Answer:
         """Answer from raw text placed where the soft tokens go (its first `max_text_tokens` decoder tokens, if given):
         the paper's prompt read as plain text, as the text baselines of an evaluation read it."""
-        decoding = self.config.generation.with_overrides(generation)
+        options = self.call_options(options, max_new_tokens=max_new_tokens, stop=stop, **generation)
         question = self.check_question(question)
         if not isinstance(text, str):
             raise E2LLMError(f"text must be a string, got {type(text).__name__}")
         check_unicode(text, "the text")
-        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
         with torch.inference_mode():
             slot = self.decoder.text_embeddings(text, max_text_tokens)
-            prompt = self.decoder.build_prompt(slot, ANSWER_INSTRUCTION.format(question=question), max_new_tokens=max_new_tokens)
-        result = Answer(context=None, mode="text", prompt_tokens=prompt.num_tokens)
-        return self._start(result, prompt, max_new_tokens, _check_stop(stop), decoding)
+            prompt = self.decoder.build_prompt(slot, ANSWER_INSTRUCTION.format(question=question),
+                                               max_new_tokens=options.max_new_tokens)
+        return self._start(Answer(context=None, mode="text", prompt_tokens=prompt.num_tokens), prompt, options)
 
     def chat(self, messages: list[dict], documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
-             max_new_tokens: int | None = None, stop: list[str] | None = None, **generation) -> Answer:
+             max_new_tokens: int | None = None, stop: list[str] | None = None, *, options: CallOptions | None = None,
+             **generation) -> Answer:
         """A chat turn. With documents or a context, the last user message is the question over them and earlier
         turns stay real turns; without, the decoder answers as a plain chat model (nothing is compressed)."""
         messages = _check_messages(messages, final_user=True)
+        options = self.call_options(options, mode=mode, max_new_tokens=max_new_tokens, stop=stop, **generation)
         if documents is not None or context is not None:
-            return self.answer(messages[-1]["content"], documents, context, mode, max_new_tokens, stop, history=messages[:-1],
-                               **generation)
-        decoding = self.config.generation.with_overrides(generation)
-        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
-        stop = _check_stop(stop)
+            return self.answer(messages[-1]["content"], documents, context, history=messages[:-1], options=options)
         with torch.inference_mode():
-            prompt = self.decoder.chat_prompt(messages, max_new_tokens)
-        return self._start(Answer(context=None, mode="chat", prompt_tokens=prompt.num_tokens), prompt, max_new_tokens, stop,
-                           decoding)
+            prompt = self.decoder.chat_prompt(messages, options.max_new_tokens)
+        return self._start(Answer(context=None, mode="chat", prompt_tokens=prompt.num_tokens), prompt, options)
 
-    def _check_max_new_tokens(self, max_new_tokens) -> int:
-        max_new_tokens = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if not _is_int(max_new_tokens) or max_new_tokens <= 0:
-            raise E2LLMError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        return max_new_tokens
-
-    def _start(self, result: Answer, prompt: Prompt, max_new_tokens: int, stop: list[str], generation: GenerationConfig,
-               prefix_cache: PrefixCache | None = None) -> Answer:
-        result._pieces = self._counted(result, self.decoder.stream_text(prompt, max_new_tokens, stop, prefix_cache,
-                                                                        generation))
+    def _start(self, result: Answer, prompt: Prompt, options: CallOptions, prefix_cache: PrefixCache | None = None) -> Answer:
+        pieces = self.decoder.stream_text(prompt, options.max_new_tokens, list(options.stop), prefix_cache, options.generation)
+        result._pieces = self._counted(result, pieces)
         return result
 
     def _counted(self, result: Answer, pieces: Iterator[str]) -> Iterator[str]:
@@ -468,24 +459,25 @@ class E2LLM(
         result.completion_tokens = self.count_tokens(result.text)
 
     def generate(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
-                 max_new_tokens: int | None = None, stop: list[str] | None = None, **generation) -> str:
+                 max_new_tokens: int | None = None, stop: list[str] | None = None, *, options: CallOptions | None = None,
+                 **generation) -> str:
         """Answer `question` from whole documents (or a context from `compress`). Greedy, so deterministic, unless
         `generation` options (temperature=0.7, top_p=0.9, seed=0, ...) or the config's `generation` ask to sample."""
-        result = self.answer(question, documents, context, mode, max_new_tokens, stop, **generation)
-        return "".join(result)
+        return "".join(self.answer(question, documents, context, mode, max_new_tokens, stop, options=options, **generation))
 
     def stream(self, question: str, documents=None, context: CompressedContext | None = None, mode: Mode | None = None,
-               max_new_tokens: int | None = None, stop: list[str] | None = None, **generation) -> Iterator[str]:
+               max_new_tokens: int | None = None, stop: list[str] | None = None, *, options: CallOptions | None = None,
+               **generation) -> Iterator[str]:
         """Like `generate`, yielding text pieces as they are decoded; they join to `generate`'s answer."""
-        return iter(self.answer(question, documents, context, mode, max_new_tokens, stop, **generation))
+        return iter(self.answer(question, documents, context, mode, max_new_tokens, stop, options=options, **generation))
 
     @torch.inference_mode()
     def restate(self, chunks: list[Chunk], max_new_tokens: int | None = None) -> str:
         """The understanding task: the decoder restates these chunks from their soft tokens alone."""
         soft = self.soft_tokens([c.text for c in chunks])
-        max_new_tokens = self._check_max_new_tokens(max_new_tokens)
-        prompt = self.decoder.build_prompt(soft.flatten(0, 1), RESTATE_INSTRUCTION, max_new_tokens=max_new_tokens)
-        return "".join(self.decoder.stream_text(prompt, max_new_tokens, generation=self.config.generation))
+        options = self.call_options(max_new_tokens=max_new_tokens)
+        prompt = self.decoder.build_prompt(soft.flatten(0, 1), RESTATE_INSTRUCTION, max_new_tokens=options.max_new_tokens)
+        return "".join(self.decoder.stream_text(prompt, options.max_new_tokens, generation=options.generation))
 
     @contextlib.contextmanager
     def base_decoder(self) -> Iterator[E2LLM]:
@@ -523,19 +515,19 @@ class E2LLM(
                 prompts.append(self.decoder.build_prompt(soft[rows].flatten(0, 1), RESTATE_INSTRUCTION, target=task.target))
                 contexts.append(None)
                 continue
-            read = task.mode or mode or self.config.mode
-            context = CompressedContext(task.chunks, None if read == "rag" else soft[rows], num_documents=1,
+            reader = reader_for(task.mode or mode or self.config.mode)
+            context = CompressedContext(task.chunks, soft[rows] if reader.reads_soft else None, num_documents=1,
                                         num_source_tokens=0, retrieval_embeddings=ranking[rows])
-            prompts.append(self._prompt(task.question, context, read, target=task.target, exclude=task.hidden)[0])
-            contexts.append(context if read != "rag" else None)
+            prompts.append(reader.read(self, task.question, context, target=task.target, exclude=task.hidden).prompt)
+            contexts.append(context if reader.reads_soft else None)  # the teacher teaches what soft tokens carry
         logits = self.decoder.target_logits(prompts)
         losses = torch.stack([nn.functional.cross_entropy(z.float(), p.target_ids) for z, p in zip(logits, prompts, strict=True)])
         if distill > 0:
             taught = [i for i, context in enumerate(contexts) if context is not None]
             with torch.no_grad(), self.base_decoder():
                 teacher = self.decoder.target_logits([
-                    self._prompt(tasks[i].question, contexts[i], "rag", target=tasks[i].target,
-                                 include=tasks[i].answer_chunks())[0] for i in taught])
+                    TEACHER.read(self, tasks[i].question, contexts[i], target=tasks[i].target,
+                                 include=tasks[i].answer_chunks()).prompt for i in taught])
             kl = {i: nn.functional.kl_div(logits[i].float().log_softmax(-1), t.float().log_softmax(-1), log_target=True,
                                           reduction="batchmean") for i, t in zip(taught, teacher, strict=True)}
             losses = losses + distill * torch.stack([kl.get(i, losses.new_zeros(())) for i in range(len(tasks))])
@@ -555,7 +547,7 @@ class E2LLM(
         return {
             name: tensor.detach().contiguous()
             for name, tensor in self.state_dict().items()
-            if name.startswith("adapter.") or "lora_" in name
+            if is_trained(name)
         }
 
     def save_pretrained(self, save_directory, *, config=None, model_card_kwargs: dict | None = None,
@@ -635,11 +627,11 @@ class E2LLM(
         self.load_state_dict(loaded, strict=False)
 
 
-def open_store(store) -> CompressedStore | None:
+def open_store(store) -> Store | None:
     """The store an `E2LLM(store=...)` argument names (see `E2LLM.__init__`)."""
     if store is None or store is False:
         return None
-    if isinstance(store, CompressedStore):
+    if isinstance(store, Store):  # a CompressedStore, or any other object with the protocol's methods
         return store
     if store is True:
         setting = os.environ.get("E2LLM_STORE", "").strip()
@@ -652,22 +644,8 @@ def open_store(store) -> CompressedStore | None:
             return None
     if isinstance(store, (str, os.PathLike)):
         return CompressedStore(store)
-    raise E2LLMError(f"store must be True, False, a file path or a CompressedStore, got {type(store).__name__}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_stop(stop) -> list[str]:
-    """Stop sequences as a list of non-empty strings; one string is one stop sequence, not a list of characters."""
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
-        raise E2LLMError(f"stop must be a string or a list of strings, got {stop!r:.80}")
-    return [s for s in stop if s]
+    raise E2LLMError(f"store must be True, False, a file path or a Store (such as a CompressedStore), got "
+                     f"{type(store).__name__}")
 
 
 def _check_messages(messages, final_user: bool) -> list[dict]:

@@ -19,7 +19,13 @@ Guarantees:
   counts as a use) are evicted, down to 90 % of the bound, in the same transaction. A blob larger than the bound is not
   stored. The file itself is larger by SQLite's page overhead, and keeps freed pages for reuse; `clear` shrinks it.
 - Never serves a wrong tensor: a blob whose checksum, metadata (format, fingerprint, text hash) or safetensors parsing
-  fails is deleted and reported missing, so the caller recomputes it.
+  fails is deleted and reported missing, so the caller recomputes it. The store does not know what its tensors should
+  look like: a caller checks each entry against what it computes (`entry_problem`: names, shapes, dtypes, finite
+  values) and recomputes one that does not fit, whose `put_many` then replaces it.
+- Private: the folders it creates (the file's folder and any missing parents) are 0700 and the file 0600, whatever the
+  umask; SQLite gives the WAL and shared-memory files beside it the database file's mode. A folder or store file that
+  already exists keeps its mode: it is the user's to set (a store shared with a group on purpose stays shared), so a
+  store created by an earlier version that made it 0644 stays so until `chmod 600` on it and its -wal and -shm files.
 - Never wipes a file it did not create: a folder, a non-SQLite file, another application's SQLite database or a newer
   schema raises `StoreError` naming the file, and the file is left as it was. Only an empty file, or an SQLite database
   without a single table (a creation that was killed), becomes a new store: it holds nothing to lose.
@@ -40,13 +46,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from .errors import ConfigError, E2LLMError, StoreError
-from .files import cache_dir
+from .files import cache_dir, private_directory, private_file
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,35 @@ _SCHEMA = (
     f"PRAGMA application_id = {APPLICATION_ID}",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
+
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What `E2LLM(store=...)` needs of a store of compressed chunks: `CompressedStore` is one; any object with these
+    methods is another (a shared server, say). Entries are named tensors per (fingerprint, chunk text). A store that
+    cannot serve raises `StoreError`: the model then warns and compresses without it."""
+
+    def get_many(self, fingerprint: str, texts: list[str]) -> dict[int, dict[str, torch.Tensor]]:
+        """The entries held for these texts, by their index in `texts`; texts not held are left out."""
+        ...
+
+    def put_many(self, fingerprint: str, texts: list[str], tensors: list[dict[str, torch.Tensor]]) -> None:
+        """Store one entry per text, all or none of them."""
+        ...
+
+    def stats(self) -> dict:
+        """Figures about the store (entries, bytes, ...)."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds open."""
+        ...
+
 
 _inherited: list[sqlite3.Connection] = []  # connections a forked child got from its parent: kept, never used or closed
 
@@ -236,7 +272,8 @@ def _open(path: Path) -> sqlite3.Connection:
     if path.is_dir():
         raise StoreError(f"{path} is a directory; the compressed store needs a file path, e.g. {path / 'compressed.sqlite'}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(path.parent)
+        private_file(path)  # 0600 before SQLite creates it with the umask's mode; its -wal and -shm files copy the mode
         with open(path, "rb") as f:
             head = f.read(len(_SQLITE_MAGIC))
     except FileNotFoundError:
@@ -333,6 +370,23 @@ def _tick(conn: sqlite3.Connection) -> int:
 def _batches(keys: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(keys), BATCH):
         yield keys[start:start + BATCH]
+
+
+def entry_problem(named: dict[str, torch.Tensor], expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> str | None:
+    """Why a stored entry cannot stand for what the caller computes, or None: `expected` maps each name it needs to a
+    (shape, dtype); a name missing, another shape or dtype, or a NaN or infinite value is a reason. Other names are
+    ignored. A checksum only proves the bytes are the ones written, not that what wrote them was right."""
+    for name, (shape, dtype) in expected.items():
+        tensor = named.get(name)
+        if not isinstance(tensor, torch.Tensor):
+            return f"no {name!r} tensor"
+        if tuple(tensor.shape) != tuple(shape):
+            return f"{name!r} has shape {tuple(tensor.shape)}, not {tuple(shape)}"
+        if tensor.dtype != dtype:
+            return f"{name!r} is {str(tensor.dtype).removeprefix('torch.')}, not {str(dtype).removeprefix('torch.')}"
+        if (tensor.is_floating_point() or tensor.is_complex()) and not torch.isfinite(tensor).all():
+            return f"{name!r} holds NaN or infinite values"
+    return None
 
 
 def _check_fingerprint(fingerprint: str) -> None:

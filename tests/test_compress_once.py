@@ -109,7 +109,7 @@ def test_compress_reports_unreadable_files_and_goes_on(tiny_checkpoint, tmp_path
     code = compress.main([str(tmp_path), "--store", str(tmp_path / "store"), "--model", str(tiny_checkpoint)])
     out, err = capsys.readouterr()
     assert code == 1 and "empty.md" in err and json.loads(out.strip().splitlines()[-1])["files"] == 1
-    assert compress.main([str(tmp_path / "nothing-here"), "--store", str(tmp_path / "s")]) == 1
+    assert compress.main([str(tmp_path / "nothing-here"), "--store", str(tmp_path / "s")]) == 2  # bad usage
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -163,9 +163,10 @@ def test_one_encoder_pass_gives_soft_tokens_and_ranking(tiny_model, monkeypatch)
     store, tiny_model.store = tiny_model.store, None
     try:
         ctx = tiny_model.compress([LOREM * 4])
-        assert ctx.retrieval_embeddings is not None and sum(calls) == ctx.num_chunks
+        distinct = len({c.text for c in ctx.chunks})  # a repeated chunk text is encoded once
+        assert ctx.retrieval_embeddings is not None and sum(calls) == distinct < ctx.num_chunks
         tiny_model.generate("When?", context=ctx, mode="hybrid", max_new_tokens=2)
-        assert sum(calls) == ctx.num_chunks + 1  # the question alone: the chunks were ranked from the same pass
+        assert sum(calls) == distinct + 1  # the question alone: the chunks were ranked from the same pass
     finally:
         tiny_model.store = store
 

@@ -123,7 +123,7 @@ def test_base_decoder_differs_from_tuned(tiny_model):
     evaluator = Evaluator(tiny_model, max_new_tokens=2)
     prompt = _text_prompt(tiny_model, "Which river?", LOREM)
     tuned = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
-    with evaluator._decoder_for("rag_base"):
+    with evaluator.decoder_for("rag_base"):
         base = tiny_model.decoder.model(inputs_embeds=prompt.embeds).logits
     assert not torch.allclose(tuned, base)
 

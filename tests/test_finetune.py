@@ -526,3 +526,119 @@ def test_two_cpu_processes_train_and_save_once(tiny_dirs, data, tmp_path, launch
     assert [r["step"] for r in log if "lr" in r] == [1, 2, 3]  # one writer, not two
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000003"]
     E2LLM.from_pretrained(out)
+
+
+# --- --documents: training tasks made from the documents themselves ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def documents_dir(tmp_path_factory):
+    """A folder as a user has it: a real PDF of two pages, a Markdown file and a text file."""
+    from conftest import make_pdf
+    from test_autodata import DOCUMENTS
+
+    from e2llm_plugin.autodata import questions
+
+    if not questions.available():
+        pytest.skip(f"spaCy's English pipeline is not installed ({questions.INSTALL})")
+    root = tmp_path_factory.mktemp("documents")
+    harbour = DOCUMENTS["harbour.txt"].split("\n\nFinances\n\n")
+    make_pdf(root / "harbour.pdf", [harbour[0], "Finances\n\n" + harbour[1]])
+    (root / "orchard.md").write_text(DOCUMENTS["orchard.md"])
+    (root / "notes").mkdir()
+    (root / "notes" / "observatory.txt").write_text(DOCUMENTS["observatory.txt"])
+    return root
+
+
+def test_dry_run_prints_counts_and_a_sample_of_what_the_documents_make_and_trains_nothing(documents_dir, monkeypatch, capsys):
+    monkeypatch.setattr(finetune, "_build_model", lambda *a: pytest.fail("a dry run loads no model"))
+    assert finetune.main(["--documents", str(documents_dir), "--dry-run", "--heldout-share", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "documents: 2 for training, 1 held out for the evaluation" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["dry_run"] and summary["train"]["lines"] > 0 and summary["eval"]["lines"] > 0
+    assert summary["train"]["by_task"]["restate"] >= 2 and summary["train"]["by_task"]["entity_qa"] >= 1
+    assert "sample of the lines made from the documents" in out and "\n    Q: " in out and "\n    A: " in out
+    assert finetune.main(["--documents", str(documents_dir), "--dry-run", "--heldout-share", "0.3"]) == 0
+    assert capsys.readouterr().out == out  # seeded: the same documents make the same lines
+
+
+def test_documents_need_the_extra_and_say_how_to_install_it(documents_dir, monkeypatch, capsys):
+    from e2llm_plugin.autodata import questions
+    from e2llm_plugin.errors import MissingExtraError
+
+    def missing():
+        raise MissingExtraError(f"spaCy is installed but not its English pipeline; install it with: {questions.INSTALL}")
+
+    monkeypatch.setattr(questions, "nlp", missing)
+    assert finetune.main(["--documents", str(documents_dir), "--dry-run"]) == 1
+    assert 'pip install "e2llm-plugin[auto]"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give the training data"),
+    (["--documents", "DIR"], "--output is required"),
+    (["--documents", "DIR", "--dry-run", "--heldout-share", "1"], "--heldout-share must be"),
+])
+def test_documents_arguments_are_checked_first(documents_dir, capsys, argv, message):
+    assert finetune.main([str(documents_dir) if x == "DIR" else x for x in argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_documents_run_keeps_its_lines_mixes_data_and_resumes_on_exactly_them(tiny_checkpoint, data, documents_dir,
+                                                                               tmp_path, monkeypatch):
+    from e2llm_plugin.autodata import questions
+
+    out = tmp_path / "run"
+    argv = ["--documents", str(documents_dir), "--data", str(data[0]), "--from", str(tiny_checkpoint), "--output", str(out),
+            "--max-steps", "3", "--save-every", "1", "--eval-examples", "3", "--heldout-share", "0.3"]
+    real_step, calls = trainer_module.Trainer.train_step, {"n": 0}
+
+    def dies_after_two(self):
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        calls["n"] += 1
+        return real_step(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(argv)
+    train, evaluation = (out / finetune.DOCUMENTS_TRAIN).read_bytes(), (out / finetune.DOCUMENTS_EVAL).read_bytes()
+    lines = [json.loads(x) for x in train.decode().splitlines()]
+    assert sum(x.get("prompt") == "When do cats hunt?" for x in lines) == 3  # --data's lines, mixed in as they are
+    made = [x for x in lines if "doc_id" in x]
+    held = {x["doc_id"] for x in map(json.loads, evaluation.decode().splitlines())}
+    assert len(held) == 1 and made and not held & {x["doc_id"] for x in made}  # held out by whole document
+    assert not list(out.glob("*.partial"))
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", real_step)
+    monkeypatch.setattr(questions, "nlp", lambda: pytest.fail("a resumed run reads the lines it kept, it makes none"))
+    assert finetune.main([*argv, "--resume"]) == 0
+    assert (out / finetune.DOCUMENTS_TRAIN).read_bytes() == train and (out / finetune.DOCUMENTS_EVAL).read_bytes() == evaluation
+    model = E2LLM.from_pretrained(out)
+    assert isinstance(model.generate("When was the observatory opened?", documents=[LOREM]), str)
+    assert "made from the documents themselves" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_documents_alone_fine_tune_the_shipped_checkpoint_and_e2llm_ask_reads_the_result(documents_dir, tmp_path, capsys):
+    """The command a user runs with nothing but a folder of PDFs: it starts from the shipped checkpoint."""
+    from conftest import make_pdf
+    from test_autodata import DOCUMENTS
+
+    from e2llm_plugin import cli
+
+    folder = tmp_path / "pdfs"
+    folder.mkdir()
+    for name, text in DOCUMENTS.items():
+        make_pdf(folder / (Path(name).stem + ".pdf"), [text])
+    out = tmp_path / "mine"
+    assert finetune.main(["--documents", str(folder), "--output", str(out), "--time-budget", "30", "--max-steps", "2",
+                          "--eval-examples", "4"]) == 0
+    shipped = E2LLM.from_pretrained()
+    model = E2LLM.from_pretrained(out)
+    assert model.config == shipped.config  # the shipped architecture and reading mode, trained further
+    answer = model.generate("When was the Harbour Authority founded?", documents=[DOCUMENTS["harbour.txt"]])
+    assert isinstance(answer, str) and answer.strip()
+    capsys.readouterr()
+    assert cli.main(["ask", str(folder / "observatory.pdf"), "-q", "Who discovered a comet?", "--model", str(out)]) == 0
+    assert capsys.readouterr().out.strip()

@@ -135,7 +135,7 @@ def ctx(tiny_model):
 
 
 def _ids(model, ctx, n, **options):
-    prompt = model._prompt(QUESTION, ctx, "soft", n)[0]
+    prompt = model.read(QUESTION, ctx, "soft", max_new_tokens=n).prompt
     return list(model.decoder.generate_ids(prompt, n, generation=GenerationConfig(**options)))
 
 
@@ -158,7 +158,7 @@ def test_no_repeat_ngram_through_the_decoder_and_the_model(tiny_model, ctx):
     assert len(set(_bigrams(greedy))) < len(_bigrams(greedy))  # the random tiny decoder loops, so the test can fail
     blocked = _ids(tiny_model, ctx, 30, no_repeat_ngram_size=2)
     assert len(blocked) > 2 and len(set(_bigrams(blocked))) == len(_bigrams(blocked)), blocked
-    text = tiny_model.generate(QUESTION, context=ctx, max_new_tokens=30, no_repeat_ngram_size=2)
+    text = tiny_model.generate(QUESTION, context=ctx, max_new_tokens=30, no_repeat_ngram_size=2, mode="soft")
     assert text == tiny_model.decoder.tokenizer.decode(blocked, skip_special_tokens=True)  # the option reached the decoder
 
 

@@ -30,7 +30,7 @@ TEMPLATE_STRINGS = ["<<e2llm-context>>", "{slot}", "<|im_start|>", "<|im_end|>",
 def _special_ids(model, turns, around=None) -> list[int]:
     """The control-token ids in a prompt: what user text must never add to."""
     special = set(model.decoder.tokenizer.all_special_ids)
-    return [int(i) for ids in model.decoder._encode_chat(turns, around) for i in ids if int(i) in special]
+    return [int(i) for ids in model.decoder.encode_chat(turns, around) for i in ids if int(i) in special]
 
 
 # ---- 1. nothing executable comes from a checkpoint -------------------------------------------------------------------

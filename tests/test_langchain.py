@@ -12,7 +12,7 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from pydantic import ValidationError
 
 from e2llm_plugin import ChatE2LLM, E2LLMError, create_e2llm_chain
-from e2llm_plugin.errors import CheckpointError, DocumentError
+from e2llm_plugin.errors import CheckpointError, ConfigError, DocumentError
 from e2llm_plugin.integrations.langchain import load_pdf
 
 LONG = LOREM * 3  # about 200 decoder tokens: long for llm() below, whose threshold is 32
@@ -22,7 +22,7 @@ BLANK_PAGE = Document("\n", metadata={"source": "a.pdf", "page": 4})
 
 @pytest.fixture
 def llm(tiny_model):
-    return ChatE2LLM(model=tiny_model, long_text_tokens=32)
+    return ChatE2LLM(model=tiny_model, long_text_tokens=32, mode="soft")  # soft: no passages, unless a test asks for them
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_the_rest_of_a_conversation_stays_real_chat_turns(llm, spy, tiny_model):
              {"role": "assistant", "content": "Hello!"}]
     assert spy["histories"] == [turns]
     question = {"role": "user", "content": "When is the National Day?"}
-    direct = tiny_model.chat([*turns, question], context=tiny_model.compress([LONG]))
+    direct = tiny_model.chat([*turns, question], context=tiny_model.compress([LONG]), mode="soft")
     assert result.text == "".join(direct) and result.usage_metadata["input_tokens"] == direct.prompt_tokens
 
 
@@ -191,14 +191,29 @@ def test_stop_sequences_from_the_constructor_and_per_call(tiny_model):
     assert ChatE2LLM(model=tiny_model, max_tokens=8, stop=[stop]).invoke("Hello", stop=["never seen"]).text == full
 
 
+def test_max_new_tokens_and_its_alias_max_tokens(tiny_model):
+    by_name, by_alias = ChatE2LLM(model=tiny_model, max_new_tokens=3), ChatE2LLM(model=tiny_model, max_tokens=3)
+    assert by_name.max_new_tokens == by_alias.max_new_tokens == by_alias.max_tokens == 3
+    assert by_name.invoke("Hello").text == by_alias.invoke("Hello").text
+    llm = ChatE2LLM(model=tiny_model)
+    for key in ("max_new_tokens", "max_tokens"):
+        assert llm.invoke("Hello", **{key: 2}).usage_metadata["output_tokens"] <= 2
+    with pytest.raises(ConfigError):
+        llm.invoke("Hello", max_tokens=2, max_new_tokens=2)
+    with pytest.raises(ValidationError):
+        ChatE2LLM(max_new_tokens=0)
+
+
 def test_per_call_mode_and_max_tokens(llm):
     result = llm.invoke([SystemMessage(LONG), HumanMessage("When?")], mode="hybrid", max_tokens=2)
     assert result.response_metadata["mode"] == "hybrid" and result.response_metadata["passages"]
     assert result.usage_metadata["output_tokens"] <= 2
     with pytest.raises(E2LLMError, match="chosen when constructing"):
         llm.invoke("Hello", model="other")
-    with pytest.raises(E2LLMError, match="max_tokens"):
+    with pytest.raises(ConfigError):
         llm.invoke("Hello", max_tokens=-1)
+    with pytest.raises(ConfigError):
+        llm.invoke("Hello", max_new_tokens=0)
 
 
 def test_streaming_true_reports_tokens_during_invoke(tiny_model):

@@ -74,7 +74,7 @@ def splitter():
 
 @pytest.fixture
 def engine(tiny_model):
-    return E2LLMQueryEngine.from_documents(documents(), model=tiny_model, transformations=[splitter()])
+    return E2LLMQueryEngine.from_documents(documents(), model=tiny_model, transformations=[splitter()], mode="soft")
 
 
 def test_public_names_are_llama_index_types(engine):
@@ -168,7 +168,45 @@ def test_passage_modes_score_sources(tiny_model, mode):
     assert stats["mode"] == mode
     assert all(isinstance(n.score, float) for n in response.source_nodes)
     node_ids = {n.node.node_id for n in response.source_nodes}
-    assert stats["passages"] and all(p["node_id"] in node_ids and p["text"] for p in stats["passages"])
+    assert stats["passages"] and all(p["source"] in node_ids and p["text"] for p in stats["passages"])
+
+
+def test_passages_are_shaped_as_in_langchain_and_ranked_once(tiny_model, monkeypatch):
+    pytest.importorskip("langchain_core")
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from e2llm_plugin import ChatE2LLM
+
+    calls = []
+    real = E2LLM.rank_chunks
+    monkeypatch.setattr(E2LLM, "rank_chunks", lambda self, *args: calls.append(args) or real(self, *args))
+    engine = E2LLMQueryEngine.from_documents(documents(), model=tiny_model, mode="hybrid", transformations=[splitter()])
+    response = engine.query(QUESTION)
+    assert len(calls) == 1  # the reading's ranking scores the sources too: no second ranking
+    assert all(isinstance(n.score, float) for n in response.source_nodes)
+    llama = response.metadata["e2llm"]["passages"]
+    chat = ChatE2LLM(model=tiny_model, mode="hybrid", max_tokens=2)
+    langchain = chat.invoke([SystemMessage(LOREM * 4), HumanMessage(QUESTION)]).response_metadata["passages"]
+    assert llama and langchain
+    assert {frozenset(p) for p in llama} == {frozenset(p) for p in langchain} == {
+        frozenset({"document", "source", "start", "end", "score", "text"})}
+    assert all(p["source"] is None for p in langchain)
+
+
+def test_every_integration_class_names_its_model_e2llm(tiny_model):
+    synthesizer = E2LLMSynthesizer(tiny_model)
+    engine = E2LLMQueryEngine.from_documents(documents(), model=tiny_model, transformations=[splitter()])
+    for integration in (synthesizer, engine, E2LLMCustomLLM(tiny_model), E2LLMEmbedding(tiny_model)):
+        assert integration.e2llm is tiny_model
+    with pytest.warns(DeprecationWarning, match="e2llm"):
+        assert synthesizer.model is tiny_model  # the old name still works
+
+
+def test_a_prompt_too_long_for_the_plain_llm_is_a_context_overflow(tiny_model):
+    from e2llm_plugin.errors import ContextOverflowError
+
+    with pytest.raises(ContextOverflowError):
+        E2LLMCustomLLM(tiny_model).complete("word " * 2000)
 
 
 def test_summary_index_from_index_and_as_query_engine(tiny_model):

@@ -5,7 +5,6 @@ the recipe's flags."""
 import dataclasses
 import json
 import random
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from conftest import LOREM, build_tiny_model
 from safetensors.torch import load_file
 
 from e2llm_plugin import finetune
+from e2llm_plugin.reading import HybridReader
 from e2llm_plugin.tasks import Task
 from e2llm_plugin.training import state
 from e2llm_plugin.training import trainer as trainer_module
@@ -117,20 +117,20 @@ def test_the_hybrid_prompt_and_the_training_forward_keep_hidden_chunks_out(model
     national = tasks[0]
     ctx = model.compress([LOREM])
     hidden = national.answer_chunks()
-    _, passages, _ = model._prompt(QUESTION, ctx, "hybrid", target=national.target, raw_tokens=10_000)
+    passages = model.read(QUESTION, ctx, "hybrid", target=national.target, raw_tokens=10_000).passages
     assert {i for i, _ in passages} == {0, 1, 2}
-    _, passages, _ = model._prompt(QUESTION, ctx, "hybrid", target=national.target, raw_tokens=10_000, exclude=hidden)
+    passages = model.read(QUESTION, ctx, "hybrid", target=national.target, raw_tokens=10_000, exclude=hidden).passages
     assert {i for i, _ in passages} == {1, 2}
 
     seen = []
-    real = type(model).select_passages
+    real = HybridReader.read
 
     def spy(self, *args, **kwargs):
-        chosen = real(self, *args, **kwargs)
-        seen.append(({i for i, _ in chosen}, kwargs.get("exclude", frozenset())))
-        return chosen
+        reading = real(self, *args, **kwargs)
+        seen.append(({i for i, _ in reading.passages}, kwargs.get("exclude", frozenset())))
+        return reading
 
-    monkeypatch.setattr(type(model), "select_passages", spy)
+    monkeypatch.setattr(HybridReader, "read", spy)
     monkeypatch.setattr(model.config, "hybrid_raw_tokens", 10_000)  # room for every chunk: only `hidden` keeps one out
     model([national, dataclasses.replace(national, hidden=hidden)], "hybrid")
     assert seen == [({0, 1, 2}, frozenset()), ({1, 2}, hidden)]
@@ -245,8 +245,8 @@ def test_distillation_in_rag_mode_trains_like_no_distillation(tiny_dirs, data, t
 # ---- 5. the recipe: how each reasoning task is read -----------------------------------------------------------------
 
 def _read_all(tasks, n=200, **args):
-    trainer = SimpleNamespace(args=TrainingArgs(data="unused", output="unused", **args))
-    return [trainer_module.Trainer._read_as(trainer, task, random.Random(i)) for i in range(n) for task in tasks]
+    args = TrainingArgs(data="unused", output="unused", **args)
+    return [trainer_module.read_as(task, args, random.Random(i)) for i in range(n) for task in tasks]
 
 
 def test_read_as_follows_the_ratios_in_hybrid_mode_and_changes_nothing_elsewhere(model):

@@ -34,11 +34,14 @@ import torch
 from ..decoder import ANSWER_INSTRUCTION
 from ..errors import E2LLMError
 from ..model import Answer
+from ..reading import reader_for
 from ..tasks import restate_task
 from .metrics import PeakMemory, answer_in, f1_score, loops, score
 
 METHODS = ("closed_book", "truncation", "full_context", "rag_base", "rag_tuned", "rag_ft", "soft", "hybrid")
 RAG_METHODS = ("rag_base", "rag_tuned", "rag_ft")
+#: The reading mode of each method that reads a compressed context (see `e2llm_plugin.reading`).
+READS = {"rag_base": "rag", "rag_tuned": "rag", "rag_ft": "rag", "soft": "soft", "hybrid": "hybrid"}
 BASE_DECODER_METHODS = ("closed_book", "truncation", "full_context", "rag_base")
 DESCRIPTIONS = {
     "closed_book": "base decoder, the question alone (no context)",
@@ -137,7 +140,8 @@ class Evaluator:
         return self.window - self.model.answer_text(question, "", max_new_tokens=1).prompt_tokens - self.max_new_tokens
 
     # ---- generation ----------------------------------------------------------------------------------------
-    def _decoder_for(self, method: str):
+    def decoder_for(self, method: str):
+        """The decoder `method` reads with: the base one (LoRA off) for the baselines, else the tuned one."""
         return self.model.base_decoder() if method in BASE_DECODER_METHODS else contextlib.nullcontext()
 
     def _consume(self, answer: Answer, start: float, outcome: Outcome) -> None:
@@ -154,7 +158,7 @@ class Evaluator:
         """Time and measure `build() -> Answer` then decoding, with the shared stages added."""
         outcome = Outcome()
         try:
-            with PeakMemory(self.model.device) as memory, self._decoder_for(method):
+            with PeakMemory(self.model.device) as memory, self.decoder_for(method):
                 start = time.perf_counter()
                 answer = build()
                 outcome.tokens_read = answer.prompt_tokens
@@ -168,6 +172,10 @@ class Evaluator:
         outcome.total_s += shared
         outcome.peak_mb = max([memory.peak_mb] + [s.peak_mb for s in stages])
         outcome.__dict__.update(score(outcome.prediction, example.answers), loops=loops(outcome.prediction))
+        if method in READS and reader_for(READS[method]).reads_raw:
+            # Untimed diagnostic: whether the passages read verbatim hold the answer (retrieval, not reading, failed if not).
+            text = " ".join(answer.context.chunks[i].text for i, _ in answer.passages)
+            outcome.passage_hit = max(answer_in(text, gold) for gold in example.answers)
         return outcome
 
     def warm_up(self, methods=METHODS) -> None:
@@ -197,8 +205,8 @@ class Evaluator:
         if "rag_ft" in methods and self.rag_model is None:
             raise E2LLMError("rag_ft needs a text-RAG checkpoint: pass rag_model (--rag-model), trained with finetune --mode rag")
         rag = [m for m in RAG_METHODS if m in methods]
-        uses_chunks = {*rag, "soft", "hybrid"} & set(methods)
-        retrieval = {*rag, "hybrid"} & set(methods)
+        uses_chunks = set(READS) & set(methods)
+        retrieval = {m for m in uses_chunks if reader_for(READS[m]).reads_raw}
         ctx = None
         if uses_chunks:
             if retrieval:  # RAG is charged for chunking, not for compression
@@ -238,27 +246,18 @@ class Evaluator:
             for method in rag:
                 reader = self.rag_model if method == "rag_ft" else model
 
-                def build(r=reader):
-                    return r.answer(q, context=ctx, mode="rag", max_new_tokens=n, raw_tokens=rag_budget)
+                def build(r=reader, m=method):
+                    return r.answer(q, context=ctx, mode=READS[m], max_new_tokens=n, raw_tokens=rag_budget)
 
                 results[method] = self._run(method, example, build, [stages["chunk"], stages["index"]])
 
-        for method in ("soft", "hybrid"):
-            if method in methods:
-                needs = [stages["compress"]] + ([stages["index"]] if method == "hybrid" else [])
+        for method in (m for m in READS if m in uses_chunks and m not in rag):  # E2LLM's own: charged for compression
+            needs = [stages["compress"]] + ([stages["index"]] if method in retrieval else [])
 
-                def answer(m=method):
-                    return model.answer(q, context=ctx, mode=m, max_new_tokens=n)
+            def answer(m=method):
+                return model.answer(q, context=ctx, mode=READS[m], max_new_tokens=n)
 
-                results[method] = self._run(method, example, answer, needs)
-
-        # Untimed diagnostic: whether the passages read verbatim hold the answer (retrieval, not reading, failed if not).
-        read = {"hybrid": model.config.hybrid_raw_tokens} | {m: rag_budget for m in rag}
-        for method, tokens in read.items():
-            if method in results and results[method].ok:
-                passages = model.select_passages(q, ctx, tokens)
-                text = " ".join(ctx.chunks[i].text for i, _ in passages)
-                results[method].passage_hit = max(answer_in(text, gold) for gold in example.answers)
+            results[method] = self._run(method, example, answer, needs)
         return {m: results[m] for m in methods}, (ctx.stats() if ctx is not None else {})
 
 

@@ -8,6 +8,7 @@ documents are remembered between questions.
   remembered by the SHA-256 of its text, least recently used first out; documents asked about together are joined
   into one context, which is remembered too, so follow-up questions over the same documents encode nothing and
   rank chunks with embeddings already computed.
+- `passages_metadata(answer, sources)`: the passages an answer read as raw text, shaped alike for both frameworks.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from ..context import CompressedContext
 from ..errors import E2LLMError
-from ..model import E2LLM
+from ..model import E2LLM, Answer
 
 _models: dict[str, E2LLM] = {}
 _models_lock = threading.Lock()
@@ -86,3 +88,19 @@ class ContextCache:
 
     def __len__(self) -> int:
         return len(self._documents)
+
+
+def passages_metadata(answer: Answer, sources: Sequence[str | None] | None = None) -> list[dict]:
+    """The chunks `answer` read as raw text (hybrid and rag modes; none in soft), in document order, each as
+    ``{"document", "source", "start", "end", "score", "text"}``: the index of the text it comes from among those read
+    (a node, a Document, a long message), that text's id where the framework gives one (`sources[document]`, a node id;
+    else None), the passage's character span in that text, its cosine similarity to the question (4 decimals), and
+    the passage itself."""
+    chunks = answer.context.chunks if answer.context is not None else []
+    metadata = []
+    for index, score in answer.passages:
+        chunk = chunks[index]
+        source = sources[chunk.doc_index] if sources is not None and chunk.doc_index < len(sources) else None
+        metadata.append({"document": chunk.doc_index, "source": source, "start": chunk.start, "end": chunk.end,
+                         "score": round(score, 4), "text": chunk.text})
+    return metadata

@@ -20,7 +20,7 @@ import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 try:
     from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -35,17 +35,17 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("the LangChain integration needs langchain-core: pip install 'e2llm-plugin[langchain]'") from err
 
-from ..config import check_mode
+from ..config import CallOptions, Mode
 from ..context import CompressedContext
 from ..documents import read_pdf_pages
-from ..errors import DocumentError, E2LLMError
+from ..errors import ConfigError, DocumentError, E2LLMError
 from ..model import E2LLM, SHIPPED_CHECKPOINTS, Answer
-from .common import ContextCache, check_model_argument, load_model
+from .common import ContextCache, check_model_argument, load_model, passages_metadata
 
 __all__ = ["ChatE2LLM", "create_e2llm_chain", "load_pdf"]
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
-_CALL_ARGUMENTS = ("mode", "max_tokens")
+_CALL_ARGUMENTS = ("mode", "max_new_tokens", "max_tokens")  # max_tokens: LangChain's name for max_new_tokens
 _DOCUMENTS_KEPT = 1_000  # long texts kept compressed per ChatE2LLM (LRU), so follow-up questions encode nothing
 
 def _default_model_name(model) -> str:
@@ -88,20 +88,22 @@ class ChatE2LLM(BaseChatModel):
     and structured output are not offered: the small decoder was never trained for them.
     """
 
-    # Unknown settings are errors, not silently ignored: a local model has no api_key, timeout or retries.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown settings are errors, not silently ignored: a local model has no api_key, timeout or retries. Fields are
+    # set by name or alias (`max_tokens`, LangChain's usual name for `max_new_tokens`).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     model: Any = None
     """An `E2LLM`, a checkpoint directory or a Hub repo id; None: the checkpoint shipped with the package."""
     model_name: str | None = None
     """Reported in `response_metadata` and traces; defaults to the checkpoint's name."""
-    max_tokens: int | None = Field(default=None, gt=0, strict=True)
-    """Longest answer, in decoder tokens; None: the checkpoint's `max_new_tokens`."""
+    max_new_tokens: int | None = Field(default=None, gt=0, strict=True, alias="max_tokens")
+    """Longest answer, in decoder tokens; None: the checkpoint's `max_new_tokens`. `max_tokens` (LangChain's name) is
+    accepted for it, at construction and per call."""
     stop: list[str] | None = None
     """Stop sequences; the answer ends right before the first one. A per-call `stop` replaces these."""
     temperature: float | None = None
     """Only None or 0: decoding is greedy (accepted because LangChain code commonly passes temperature=0)."""
-    mode: Literal["soft", "hybrid", "rag"] | None = None
+    mode: Mode | None = None
     """"soft": long text as soft tokens only (the paper); "hybrid": plus the raw text of the passages most similar
     to the question; "rag": those passages' raw text only. None: the checkpoint's default."""
     long_text_tokens: int = Field(default=256, ge=0)
@@ -128,19 +130,24 @@ class ChatE2LLM(BaseChatModel):
         return load_model(self.model)
 
     @property
+    def max_tokens(self) -> int | None:
+        """`max_new_tokens` under LangChain's usual name."""
+        return self.max_new_tokens
+
+    @property
     def _llm_type(self) -> str:
         return "e2llm"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "max_tokens": self.max_tokens, "stop": self.stop, "mode": self.mode,
+        return {"model_name": self.model_name, "max_new_tokens": self.max_new_tokens, "stop": self.stop, "mode": self.mode,
                 "long_text_tokens": self.long_text_tokens}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         # Traces name a per-call `model` as LangChain expects; answering refuses one (_call_settings).
         params = LangSmithParams(ls_provider="e2llm", ls_model_name=kwargs.get("model") or self.model_name,
                                  ls_model_type="chat", ls_temperature=0.0)
-        max_tokens = kwargs.get("max_tokens") or self.max_tokens
+        max_tokens = kwargs.get("max_new_tokens") or kwargs.get("max_tokens") or self.max_new_tokens
         if max_tokens:
             params["ls_max_tokens"] = max_tokens
         if stop or self.stop:
@@ -154,9 +161,8 @@ class ChatE2LLM(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        mode, max_new_tokens = self._call_settings(kwargs)
-        stop = self.stop if stop is None else stop
-        answer, metadata = self._reply(messages, mode, max_new_tokens, stop)
+        options = self._call_options(kwargs, self.stop if stop is None else stop)
+        answer, metadata = self._reply(messages, options)
         for piece in answer:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
@@ -171,19 +177,18 @@ class ChatE2LLM(BaseChatModel):
             response_metadata={"model_name": self.model_name, **metadata},
         ))
 
-    def _call_settings(self, kwargs: dict) -> tuple[str | None, int]:
+    def _call_options(self, kwargs: dict, stop: list[str] | None) -> CallOptions:
+        """This call's options: its arguments over the instance's settings, over the checkpoint's defaults."""
         unknown = sorted(set(kwargs) - set(_CALL_ARGUMENTS))
         if unknown:
             hint = " (the checkpoint is chosen when constructing ChatE2LLM)" if "model" in unknown else ""
             raise E2LLMError(f"ChatE2LLM got unknown call arguments {unknown}{hint}; it takes {list(_CALL_ARGUMENTS)}")
-        mode, max_tokens = kwargs.get("mode", self.mode), kwargs.get("max_tokens", self.max_tokens)
-        check_mode(mode)
-        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens <= 0):
-            raise E2LLMError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        return mode, max_tokens or self.e2llm.config.max_new_tokens
+        if "max_new_tokens" in kwargs and "max_tokens" in kwargs:
+            raise ConfigError("pass max_new_tokens or its alias max_tokens, not both")
+        max_new_tokens = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))
+        return self.e2llm.call_options(mode=kwargs.get("mode", self.mode), max_new_tokens=max_new_tokens, stop=stop)
 
-    def _reply(self, messages: list[BaseMessage], mode: str | None, max_new_tokens: int,
-               stop: list[str] | None) -> tuple[Answer, dict]:
+    def _reply(self, messages: list[BaseMessage], options: CallOptions) -> tuple[Answer, dict]:
         """The answer being generated for a conversation, and its response metadata."""
         long_texts, chat = self._split(messages)
         if not chat or chat[-1]["role"] != "user":
@@ -194,12 +199,9 @@ class ChatE2LLM(BaseChatModel):
             )
         # Without long text there is no context, and the decoder answers as a plain chat model.
         context = self._compress(long_texts) if long_texts else None
-        answer = self.e2llm.chat(chat, context=context, mode=mode, max_new_tokens=max_new_tokens, stop=stop)
-        chunks = context.chunks if context else []
-        passages = [{"document": chunks[i].doc_index, "start": chunks[i].start, "end": chunks[i].end, "score": round(score, 4)}
-                    for i, score in answer.passages]
+        answer = self.e2llm.chat(chat, context=context, options=options)
         compression = {**context.stats(), "chunks_read": answer.chunks_read} if context else None
-        return answer, {"mode": answer.mode, "compression": compression, "passages": passages}
+        return answer, {"mode": answer.mode, "compression": compression, "passages": passages_metadata(answer)}
 
     def _split(self, messages: list[BaseMessage]) -> tuple[list[str], list[dict]]:
         """Long texts to compress, in conversation order, and the rest as chat turns."""
@@ -301,26 +303,42 @@ def create_e2llm_chain(llm: ChatE2LLM) -> Runnable:
         raise TypeError(f"create_e2llm_chain needs a ChatE2LLM (the soft prompts are E2LLM's own), got {type(llm).__name__}")
 
     def answer(inputs: Iterator[dict], config: RunnableConfig) -> Iterator[AddableDict]:
-        question, documents, history = _chain_inputs(_gather(inputs))
-        yield AddableDict(input=question, context=documents, answer="")
-        message = None
-        for chunk in llm.stream(_chain_messages(question, documents, history), config):
-            message = chunk if message is None else message + chunk
-            if chunk.text:
-                yield AddableDict(answer=chunk.text)
-        yield _chain_parts(documents, message)
+        run = _ChainRun(_gather(inputs))
+        yield run.head()
+        for chunk in llm.stream(run.messages, config):
+            yield from run.add(chunk)
+        yield run.tail()
 
     async def aanswer(inputs: AsyncIterator[dict], config: RunnableConfig) -> AsyncIterator[AddableDict]:
-        question, documents, history = _chain_inputs(_gather([item async for item in inputs]))
-        yield AddableDict(input=question, context=documents, answer="")
-        message = None
-        async for chunk in llm.astream(_chain_messages(question, documents, history), config):
-            message = chunk if message is None else message + chunk
-            if chunk.text:
-                yield AddableDict(answer=chunk.text)
-        yield _chain_parts(documents, message)
+        run = _ChainRun(_gather([item async for item in inputs]))
+        yield run.head()
+        async for chunk in llm.astream(run.messages, config):
+            for part in run.add(chunk):
+                yield part
+        yield run.tail()
 
     return RunnableGenerator(answer, aanswer, name="e2llm_chain")
+
+
+class _ChainRun:
+    """One run of the chain, shared by its sync and async forms: the input checked, the parts of the output it yields
+    (the input first, then the answer piece by piece, then the stats and passages), the answer's chunks added up."""
+
+    def __init__(self, inputs) -> None:
+        self.question, self.documents, history = _chain_inputs(inputs)
+        self.messages = _chain_messages(self.question, self.documents, history)
+        self.message: AIMessageChunk | None = None
+
+    def head(self) -> AddableDict:
+        return AddableDict(input=self.question, context=self.documents, answer="")
+
+    def add(self, chunk: AIMessageChunk) -> Iterator[AddableDict]:
+        self.message = chunk if self.message is None else self.message + chunk
+        if chunk.text:
+            yield AddableDict(answer=chunk.text)
+
+    def tail(self) -> AddableDict:
+        return _chain_parts(self.documents, self.message)
 
 
 def _gather(parts) -> dict:

@@ -12,8 +12,10 @@ Nothing here needs `Settings.llm` or `Settings.embed_model` (whose defaults want
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+import warnings
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +52,10 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "the LlamaIndex integration needs llama-index-core: pip install 'e2llm-plugin[llama-index]'"
     ) from err
 
-from ..config import check_mode
 from ..context import CompressedContext
-from ..errors import DocumentError, E2LLMError
+from ..errors import ContextOverflowError, DocumentError, E2LLMError
 from ..model import E2LLM, Answer
-from .common import ContextCache, load_model
+from .common import ContextCache, load_model, passages_metadata
 
 __all__ = [
     "E2LLMQueryEngine",
@@ -148,12 +149,11 @@ class E2LLMCustomLLM(CustomLLM):
 
     def _responses(self, turns: list[dict], stop: list[str] | None) -> Iterator[CompletionResponse]:
         """Cumulative responses, one per text piece; the last one carries the token usage. Checks run right away."""
+        options = self._model.call_options(max_new_tokens=self.max_new_tokens, stop=stop)
         try:
-            answer = self._model.chat(turns, max_new_tokens=self.max_new_tokens, stop=stop)
-        except E2LLMError as err:
-            if "reads at most" not in str(err):
-                raise
-            raise E2LLMError(
+            answer = self._model.chat(turns, options=options)
+        except ContextOverflowError:
+            raise ContextOverflowError(
                 f"the prompt (+{self.max_new_tokens} tokens to generate) does not fit the decoder's {self._model.context_window} "
                 "positions; E2LLMCustomLLM does not compress, use E2LLMQueryEngine for long documents"
             ) from None
@@ -194,6 +194,10 @@ class E2LLMEmbedding(BaseEmbedding):
     def class_name(cls) -> str:
         return "E2LLMEmbedding"
 
+    @property
+    def e2llm(self) -> E2LLM:
+        return self._model
+
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return self._model.embed(list(texts)).tolist()
 
@@ -228,7 +232,7 @@ class E2LLMCompressionEvent(BaseEvent):
 
 
 @dataclass
-class _Reading:
+class _Synthesis:
     """One question being answered, over the texts of the nodes kept."""
 
     question: str
@@ -265,15 +269,19 @@ class E2LLMSynthesizer(BaseSynthesizer):
         mode: "soft", "hybrid" or "rag" (default: the model's). max_cached_nodes bounds the compression cache (LRU).
         """
         self._model = load_model(model)
-        self._mode = check_mode(mode)
-        self._max_new_tokens = max_new_tokens
-        self._stop = stop
+        self._options = self._model.call_options(mode=mode, max_new_tokens=max_new_tokens, stop=stop)  # checked now
         self._show_progress = show_progress
         self._cache = ContextCache(self._model, max_cached_nodes)
         super().__init__(llm=E2LLMCustomLLM(self._model), callback_manager=callback_manager, streaming=streaming)
 
     @property
+    def e2llm(self) -> E2LLM:
+        return self._model
+
+    @property
     def model(self) -> E2LLM:
+        """Deprecated: the same as `e2llm`, the name every integration class uses."""
+        warnings.warn("E2LLMSynthesizer.model is deprecated; use E2LLMSynthesizer.e2llm", DeprecationWarning, stacklevel=2)
         return self._model
 
     @property
@@ -299,14 +307,13 @@ class E2LLMSynthesizer(BaseSynthesizer):
             event.on_end(payload={EventPayload.CHUNKS: [c.text for ctx in fresh for c in ctx.chunks]})
         return fresh
 
-    def _read(self, question: str, texts: list[str]) -> _Reading:
+    def _read(self, question: str, texts: list[str]) -> _Synthesis:
         """Compress (or fetch) the texts and prepare the decoder's answer; nothing is generated yet."""
         question = E2LLM.check_question(question)
         if not texts:
             raise E2LLMError("nothing to read: no node with text was retrieved")
         context, compressed = self._cache.get(texts, self._compress_each)
-        answer = self._model.answer(question, context=context, mode=self._mode,
-                                    max_new_tokens=self._max_new_tokens, stop=self._stop)
+        answer = self._model.answer(question, context=context, options=self._options)
         stats = context.stats()
         stats.pop("documents")  # each node was compressed as one document
         stats.update(mode=answer.mode, chunks_read=answer.chunks_read, nodes=len(texts), compressed_nodes=compressed,
@@ -316,14 +323,13 @@ class E2LLMSynthesizer(BaseSynthesizer):
             source_tokens=context.num_source_tokens, compression_ratio=context.compression_ratio, mode=answer.mode,
         ))
         scores: list[float | None] = [None] * len(texts)
-        if answer.passages:  # hybrid and rag rank chunks; a node scores as its best chunk
-            for index, score in self._model.rank_chunks(question, context):
-                node = context.chunks[index].doc_index
-                if scores[node] is None:
-                    scores[node] = score
-        return _Reading(question, answer, stats, scores)
+        for index, score in answer.ranking or ():  # where the reading ranked chunks, a node scores as its best chunk
+            node = context.chunks[index].doc_index
+            if scores[node] is None:
+                scores[node] = score
+        return _Synthesis(question, answer, stats, scores)
 
-    def _pieces(self, reading: _Reading) -> Iterator[str]:
+    def _pieces(self, reading: _Synthesis) -> Iterator[str]:
         """The answer's text pieces; at the end, the token counts go to the metadata and the callback handlers.
 
         The LLM event's prompt is a readable stand-in (the real prompt is mostly vectors); its counts come from
@@ -350,60 +356,59 @@ class E2LLMSynthesizer(BaseSynthesizer):
             yield piece
 
     # ---- LlamaIndex's synthesizer interface --------------------------------------------------------------------
+    # Each verb's body is written once, as steps (`_run` below): it yields the blocking work (compressing, decoding) and
+    # gets its result back. The sync verb does that work in place, the async one in a worker thread.
     def get_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any):
-        pieces = self._pieces(self._read(query_str, [t for t in text_chunks if t.strip()]))
-        return pieces if self._streaming else "".join(pieces)
+        return _run(self._response_steps(query_str, text_chunks, asynchronous=False))
 
     async def aget_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any):
-        reading = await asyncio.to_thread(self._read, query_str, [t for t in text_chunks if t.strip()])
-        pieces = self._pieces(reading)
-        return self._apieces(pieces) if self._streaming else await asyncio.to_thread("".join, pieces)
+        return await _arun(self._response_steps(query_str, text_chunks, asynchronous=True))
+
+    def _response_steps(self, query_str: str, text_chunks: Sequence[str], asynchronous: bool) -> _Steps:
+        reading = yield functools.partial(self._read, query_str, [t for t in text_chunks if t.strip()])
+        return (yield from self._result(reading, asynchronous))
 
     # synthesize() is overridden, not inherited, because the base class passes only texts to get_response, and
     # E2LLM needs the nodes: to skip and report empty ones, and to score them.
     @dispatcher.span
     def synthesize(self, query: QueryType, nodes: list[NodeWithScore],
                    additional_source_nodes: Sequence[NodeWithScore] | None = None, **response_kwargs: Any) -> RESPONSE_TYPE:
-        query = _bundle(query)
-        dispatcher.event(SynthesizeStartEvent(query=query))
-        with self.callback_manager.event(CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: query.query_str}) as event:
-            kept, texts, skipped = _node_texts(nodes)
-            reading = self._read(query.query_str, texts)
-            pieces = self._pieces(reading)
-            result = pieces if self._streaming else "".join(pieces)
-            response = self._response(result, reading, kept, skipped, additional_source_nodes)
-            event.on_end(payload={EventPayload.RESPONSE: response})
-        dispatcher.event(SynthesizeEndEvent(query=query, response=response))
-        return response
+        return _run(self._synthesis_steps(query, nodes, additional_source_nodes, asynchronous=False))
 
     @dispatcher.span
     async def asynthesize(self, query: QueryType, nodes: list[NodeWithScore],
                           additional_source_nodes: Sequence[NodeWithScore] | None = None,
                           **response_kwargs: Any) -> RESPONSE_TYPE:
+        return await _arun(self._synthesis_steps(query, nodes, additional_source_nodes, asynchronous=True))
+
+    def _synthesis_steps(self, query: QueryType, nodes: list[NodeWithScore],
+                         additional_source_nodes: Sequence[NodeWithScore] | None, asynchronous: bool) -> _Steps:
         query = _bundle(query)
         dispatcher.event(SynthesizeStartEvent(query=query))
         with self.callback_manager.event(CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: query.query_str}) as event:
             kept, texts, skipped = _node_texts(nodes)
-            reading = await asyncio.to_thread(self._read, query.query_str, texts)
-            pieces = self._pieces(reading)
-            result = self._apieces(pieces) if self._streaming else await asyncio.to_thread("".join, pieces)
+            reading = yield functools.partial(self._read, query.query_str, texts)
+            result = yield from self._result(reading, asynchronous)
             response = self._response(result, reading, kept, skipped, additional_source_nodes)
             event.on_end(payload={EventPayload.RESPONSE: response})
         dispatcher.event(SynthesizeEndEvent(query=query, response=response))
         return response
 
-    def _response(self, result, reading: _Reading, kept: list[NodeWithScore], skipped: list[str],
+    def _result(self, reading: _Synthesis, asynchronous: bool) -> _Steps:
+        """The answer: its text, or when streaming its pieces (an async iterator for the async verbs)."""
+        pieces = self._pieces(reading)
+        if self._streaming:
+            return self._apieces(pieces) if asynchronous else pieces
+        return (yield functools.partial("".join, pieces))
+
+    def _response(self, result, reading: _Synthesis, kept: list[NodeWithScore], skipped: list[str],
                   additional_source_nodes: Sequence[NodeWithScore] | None) -> RESPONSE_TYPE:
         """A Response (or streaming one) whose sources are the nodes read, scored where the mode ranks chunks."""
         sources = [n if s is None else NodeWithScore(node=n.node, score=s) for n, s in zip(kept, reading.scores, strict=True)]
         sources += list(additional_source_nodes or [])
         stats = reading.stats
         stats["skipped_nodes"] = skipped
-        stats["passages"] = [
-            {"node_id": kept[reading.answer.context.chunks[i].doc_index].node.node_id, "score": score,
-             "text": reading.answer.context.chunks[i].text}
-            for i, score in reading.answer.passages
-        ]
+        stats["passages"] = passages_metadata(reading.answer, [n.node.node_id for n in kept])
         metadata = {n.node.node_id: n.node.metadata for n in sources}
         metadata["e2llm"] = stats
         if isinstance(result, str):
@@ -411,6 +416,38 @@ class E2LLMSynthesizer(BaseSynthesizer):
         if isinstance(result, Iterator):
             return StreamingResponse(result, source_nodes=sources, metadata=metadata)
         return AsyncStreamingResponse(result, source_nodes=sources, metadata=metadata)
+
+
+#: A verb's body as steps: it yields blocking work (a callable taking no argument), is sent its result, returns the value.
+_Steps = Generator[Callable[[], Any], Any, Any]
+
+
+def _run(steps: _Steps) -> Any:
+    """Run a verb's steps, doing each piece of work in place; an error in it is raised where the body yielded it."""
+    result, error = None, None
+    while True:
+        try:
+            work = steps.throw(error) if error is not None else steps.send(result)
+        except StopIteration as done:
+            return done.value
+        try:
+            result, error = work(), None
+        except Exception as err:
+            result, error = None, err
+
+
+async def _arun(steps: _Steps) -> Any:
+    """Run a verb's steps, doing each piece of work in a worker thread so the event loop stays free."""
+    result, error = None, None
+    while True:
+        try:
+            work = steps.throw(error) if error is not None else steps.send(result)
+        except StopIteration as done:
+            return done.value
+        try:
+            result, error = await asyncio.to_thread(work), None
+        except Exception as err:
+            result, error = None, err
 
 
 def _node_texts(nodes: Sequence[NodeWithScore]) -> tuple[list[NodeWithScore], list[str], list[str]]:
@@ -446,6 +483,10 @@ class E2LLMQueryEngine(RetrieverQueryEngine):
     @property
     def synthesizer(self) -> E2LLMSynthesizer:
         return self._response_synthesizer
+
+    @property
+    def e2llm(self) -> E2LLM:
+        return self._response_synthesizer.e2llm
 
     @classmethod
     def from_documents(cls, documents, model=None, streaming: bool = False, mode: str | None = None, *,

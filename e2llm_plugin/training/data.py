@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..decoder import RESTATE_INSTRUCTION
-from ..errors import E2LLMError, check_unicode
+from ..errors import ContextOverflowError, E2LLMError, check_unicode
+from ..reading import reader_for
 from ..tasks import Task, restate_task
-
-# Raw passages in hybrid mode come with a heading and a newline between passages, beyond their token budget.
-_PASSAGES_HEADING = 8
 
 
 class DataError(E2LLMError):
@@ -133,22 +131,21 @@ class JsonlDataset:
 
 
 def decoder_positions(model, mode: str, question: str | None, target: str, num_chunks: int) -> int:
-    """Decoder positions a task needs: the prompt template around its question (None: the restate task), the soft
-    tokens of `num_chunks` chunks, the raw passages `mode` reads (their whole budget), and the target with its end
-    token. Measured through the model's verbs: exact in soft mode; in the others a few positions over, never under."""
-    config = model.config
-    rest = num_chunks * config.soft_tokens_per_chunk + model.count_tokens(target) + 1  # +1: the end-of-answer token
-    if question is not None and mode == "rag":  # raw text in the soft tokens' place, their count plus the raw budget
-        rest += config.hybrid_raw_tokens
-    elif question is not None and mode == "hybrid" and config.hybrid_raw_tokens > 0:
-        rest += config.hybrid_raw_tokens + _PASSAGES_HEADING + num_chunks  # + one newline between passages
+    """Decoder positions a task needs: the prompt template around its question (None: the restate task), the context of
+    `num_chunks` chunks as `mode`'s reader reads it (soft tokens, raw passages: their whole budget), and the target with
+    its end token. Measured through the model's verbs: exact in soft mode; in the others a few positions over, never under."""
+    if question is None:  # the restate task reads the chunks' soft tokens alone
+        context = num_chunks * model.config.soft_tokens_per_chunk
+    else:
+        context = reader_for(mode).positions(model, num_chunks)
+    rest = context + model.count_tokens(target) + 1  # +1: the end-of-answer token
     question = question or RESTATE_INSTRUCTION  # asked as a question: a few positions over the restate prompt
     words = model.count_tokens(question)
     if words + rest > model.context_window:  # over already: spare building the prompt of a huge question
         return words + rest
     try:
         return model.answer_text(question, "", max_new_tokens=1).prompt_tokens + rest
-    except E2LLMError:  # answer_text refuses a prompt that leaves no room to answer: the template fills the window
+    except ContextOverflowError:  # answer_text refuses a prompt that leaves no room to answer: the template fills the window
         return model.context_window + rest
 
 
@@ -161,7 +158,7 @@ def check_fits(dataset: JsonlDataset, model, mode: str) -> None:
             continue
         need = decoder_positions(model, mode, record.prompt, record.answer, num_chunks=1)
         if need > window:
-            reads_raw = mode in ("hybrid", "rag")
+            reads_raw = reader_for(mode).reads_raw
             raw = f", {model.config.hybrid_raw_tokens} tokens of raw passages" if reads_raw else ""
             raise DataError(
                 f"{where}: the prompt ({model.count_tokens(record.prompt)} tokens) and answer "

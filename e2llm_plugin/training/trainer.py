@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..model import E2LLM
+from ..reading import SoftReader, reader_for
 from ..tasks import Task
 from .data import JsonlDataset, decoder_positions, make_tasks
 from .state import list_checkpoints, load_checkpoint, save_checkpoint
@@ -67,7 +68,8 @@ class Trainer:
     def __init__(self, model: E2LLM, args: TrainingArgs, accelerator):
         self.model, self.args, self.acc = model, args, accelerator
         self.output = Path(args.output)
-        qa_only = args.mode == "rag"  # a text-RAG decoder learns from QA lines only
+        self.reader = reader_for(args.mode)
+        qa_only = not self.reader.reads_soft  # a text-RAG decoder learns from QA lines only
         self.train_set = JsonlDataset(args.data, qa_only)
         self.eval_set = JsonlDataset(args.eval_data, qa_only) if args.eval_data else None
         self.world = accelerator.num_processes
@@ -93,16 +95,16 @@ class Trainer:
     # ---- data ---------------------------------------------------------------------------------------------------
     def _tasks(self, dataset: JsonlDataset, cursor: int, shuffle: bool = True) -> list[Task]:
         """Tasks of the example at global position `cursor`; deterministic in (seed, cursor), so resumable. Training
-        tasks follow the recipe (`_read_as`); evaluation reads every question in the run's mode, as users read."""
+        tasks follow the recipe (`read_as`); evaluation reads every question in the run's mode, as users read."""
         epoch, index = divmod(cursor, len(dataset))
         example = int(dataset.order(epoch, self.args.seed)[index]) if shuffle else index
         record = dataset.read(example)
         rng = random.Random(f"{self.args.seed}-{cursor}")
         # A text-RAG decoder has no soft tokens to learn to restate; its data holds QA lines only (see __init__).
-        ratio = 0.0 if self.args.mode == "rag" else self.args.understanding_ratio
+        ratio = self.args.understanding_ratio if self.reader.reads_soft else 0.0
         kept = []
         for task in make_tasks(record, self.model, rng, ratio, self.args.window_chunks):
-            task = self._read_as(task, rng) if dataset is self.train_set else task
+            task = read_as(task, self.args, rng) if dataset is self.train_set else task
             reason = self._too_long(task)
             if reason is None:
                 kept.append(task)
@@ -111,17 +113,6 @@ class Trainer:
             if dataset is self.train_set:  # the model card counts training tasks; eval runs again and again
                 self.skipped += 1
         return kept
-
-    def _read_as(self, task: Task, rng: random.Random) -> Task:
-        """The recipe for hybrid training: some questions read from soft tokens alone, and in some the chunks that hold
-        the answer are kept out of the raw passages, so the decoder must learn to find answers in the soft tokens."""
-        if task.kind != "reasoning" or self.args.mode != "hybrid":
-            return task
-        if rng.random() < self.args.soft_ratio:
-            return dataclasses.replace(task, mode="soft")
-        if rng.random() < self.args.answer_out_ratio:
-            return dataclasses.replace(task, hidden=task.answer_chunks())
-        return task
 
     def _too_long(self, task: Task) -> str | None:
         """Why the model cannot read `task` (more chunks than --max-chunks, or past the decoder's window), else None.
@@ -275,6 +266,21 @@ class Trainer:
             self.log({"step": self.step, "final": True, **final})
         return {"steps": self.step, "stopped_early": stopped_early, "skipped_tasks": self.skipped, **final,
                 **{k: round(v, 4) for k, v in running.items()}}
+
+
+def read_as(task: Task, args: TrainingArgs, rng: random.Random) -> Task:
+    """How a training task is read: the recipe for hybrid training (a mode that reads soft tokens and raw passages) reads
+    some questions from soft tokens alone (`soft_ratio`), and keeps the chunks that hold the answer out of the raw
+    passages in some (`answer_out_ratio`), so the decoder must learn to find answers in the soft tokens. Other tasks and
+    modes are read as they are."""
+    reader = reader_for(args.mode)
+    if task.kind != "reasoning" or not (reader.reads_soft and reader.reads_raw):
+        return task
+    if rng.random() < args.soft_ratio:
+        return dataclasses.replace(task, mode=SoftReader.mode)
+    if rng.random() < args.answer_out_ratio:
+        return dataclasses.replace(task, hidden=task.answer_chunks())
+    return task
 
 
 def _any_rank(acc, flag: bool) -> bool:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import random
 import re
 
+from e2llm_plugin.autodata.questions import split_sentences as _sentences
+
 from .sources import Doc, Paper
 
 _WORD = re.compile(r"\S+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _STOPWORDS = set("""a an the and or but if of to in on at by for with from as is are was were be been being it its
 this that these those he she they we you i his her their our your my me him them us not no so than then there
 which who whom what when where why how all any some such can could would should will shall may might must do does
@@ -64,10 +65,6 @@ def split_docs(docs: list, n_eval: int, n_test: int, rng: random.Random) -> tupl
     """Train / eval / test documents: whole documents go to one split."""
     shuffled = rng.sample(docs, len(docs))
     return shuffled[n_eval + n_test:], shuffled[:n_eval], shuffled[n_eval:n_eval + n_test]
-
-
-def _sentences(paragraph: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(paragraph) if s]
 
 
 def window(paragraphs: list[str], rng: random.Random, min_words: int, max_words: int) -> str | None:

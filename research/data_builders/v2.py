@@ -1,10 +1,11 @@
 """Data set v2: learn to read any prose (``python -m research.data_builders --out data/v2 --version 2``).
 
 Train/eval mix the v1 Factbook QA (~25 % of reasoning lines) with rule-based QA over six kinds of text (speeches,
-Python docs, Austen, ACL papers; GNU manuals only in a test): entity wh-questions (``qgen``), some asked from a
-different sentence than the one kept in the context, counterfactual copies (answer entity swapped everywhere),
-whole-document questions over 1,000-3,000-word excerpts, multi-document haystacks and v1-style cloze/continuation;
-plus understanding (reconstruction) windows (~15 % of lines).
+Python docs, Austen, ACL papers; GNU manuals only in a test): entity wh-questions, some asked from a different
+sentence than the one kept in the context, counterfactual copies (answer entity swapped everywhere), whole-document
+questions over 1,000-3,000-word excerpts, multi-document haystacks and v1-style cloze/continuation; plus understanding
+(reconstruction) windows (~15 % of lines). The question rules and example makers are the package's
+(``e2llm_plugin.autodata``), which also builds these kinds from a user's own documents.
 
 Held out of train and eval, by whole document family: every speech of the presidents of the v1 test speeches, the
 novel ``HELD_OUT_NOVEL``, Python docs under ``HELD_OUT_PYDOC_DIRS``, aclsum's test papers, the GNU manuals (a kind never
@@ -16,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from e2llm_plugin.autodata import questions, tasks
+
 from . import Sizes as V1Sizes
-from . import _rng, _summary, _write, prose, qgen, sources
+from . import _rng, _summary, _write, prose, sources
 from . import build as build_v1
 from . import factbook as fb
 
@@ -66,45 +68,13 @@ class SizesV2:
         return cls(40, 60, 20, 10, 10, 10, 0.2, 0.15, 8, 10, 5, 4, 8, 1500, 4, 4, 2, V1Sizes.quick())
 
 
-class Excerpt:
-    """A contiguous stretch of one document, parsed once: the unit every v2 example draws from."""
-
-    def __init__(self, source: str, doc: sources.Doc, paragraphs: list[str], headings: set[str], title: str | None):
-        self.source, self.doc_id, self.paragraphs, self.headings, self.title = source, doc.doc_id, paragraphs, headings, title
-        self.parsed: list = []
-        self._candidates = None
-
-    @property
-    def words(self) -> int:
-        return sum(len(p.split()) for p in self.paragraphs)
-
-    def candidates(self) -> list:
-        if self._candidates is None:
-            rng = random.Random(f"cand:{self.source}:{self.doc_id}")
-            allowed = ALLOWED_LABELS.get(self.source)
-            generic = self.source in TECHNICAL
-            self._candidates = [c for c in qgen.candidates(self.parsed, rng, generic=generic)
-                                if (not allowed or c[2].label_ in allowed)
-                                and not (generic and re.search(r"[$/_\\()<>{}=.]\S", c[2].text))]
-        return self._candidates
-
-    def ents(self) -> list[tuple[str, str]]:
-        return [(e.text, e.label_) for d in self.parsed for e in d.ents]
-
-
-def _is_heading(paragraph: str) -> bool:
-    words = paragraph.split()
-    return 1 <= len(words) <= 8 and paragraph[:1].isupper() and paragraph[-1] not in ".:;,?!)" and \
-        sum(c.isalpha() for c in paragraph) >= 0.6 * len(paragraph)
-
-
-def _excerpt(source: str, doc: sources.Doc, rng: random.Random, max_words: int) -> Excerpt | None:
+def _excerpt(source: str, doc: sources.Doc, rng: random.Random, max_words: int) -> tasks.Excerpt | None:
     """Prose paragraphs (headings kept) from a random start, up to ``max_words``; None when too short."""
-    keep = [p for p in doc.paragraphs if (sources._is_prose(p) and len(p.split()) <= 400) or _is_heading(p)]
+    keep = [p for p in doc.paragraphs if (sources._is_prose(p) and len(p.split()) <= 400) or tasks.is_heading(p)]
     total = sum(len(p.split()) for p in keep)
     if total < 300:
         return None
-    title = doc.paragraphs[0] if source in ("python_docs", "acl", "gnu_manuals") and _is_heading(doc.paragraphs[0]) else None
+    title = doc.paragraphs[0] if source in ("python_docs", "acl", "gnu_manuals") and tasks.is_heading(doc.paragraphs[0]) else None
     start, words = 0, 0
     if total > max_words:
         # start anywhere that still leaves max_words; the title stays first for docs that have one
@@ -122,16 +92,18 @@ def _excerpt(source: str, doc: sources.Doc, rng: random.Random, max_words: int) 
         words += len(p.split())
     if words < 300:
         return None
-    return Excerpt(source, doc, out, {p for p in out if _is_heading(p)}, title if title and out[0] == title else None)
+    return tasks.Excerpt(source, doc.doc_id, out, {p for p in out if tasks.is_heading(p)},
+                         title if title and out[0] == title else None, generic=source in TECHNICAL,
+                         allowed_labels=ALLOWED_LABELS.get(source))
 
 
-def _parse(excerpts: list[Excerpt]) -> None:
+def _parse(excerpts: list[tasks.Excerpt]) -> None:
     """spaCy over every paragraph, cached on disk by content (DocBin) so a rebuild skips the parser."""
     from spacy.tokens import DocBin
 
-    nlp = qgen.nlp()
+    nlp = questions.nlp()
     texts = [p for e in excerpts for p in e.paragraphs]
-    key = hashlib.sha1(("\x00".join(texts) + qgen.MODEL + nlp.meta.get("version", "")).encode()).hexdigest()[:16]
+    key = hashlib.sha1(("\x00".join(texts) + questions.pipeline_name() + nlp.meta.get("version", "")).encode()).hexdigest()[:16]
     path = sources.corpora_dir() / "spacy_cache" / f"{key}.spacy"
     if path.exists():
         docs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
@@ -147,132 +119,15 @@ def _parse(excerpts: list[Excerpt]) -> None:
         i += len(e.paragraphs)
 
 
-# --- example makers -----------------------------------------------------------------------------------------
-
-def _window_around(paragraphs: list[str], p: int, rng: random.Random, low: int, high: int) -> tuple[int, int]:
-    """Paragraph range [a, b) containing ``p`` with a random word target in [low, high]."""
-    target = rng.randint(low, high)
-    a, b = p, p + 1
-    words = len(paragraphs[p].split())
-    while words < target and (a > 0 or b < len(paragraphs)):
-        if b < len(paragraphs) and (a == 0 or rng.random() < 0.5):
-            nxt = len(paragraphs[b].split())
-            if words + nxt > high:
-                break
-            b, words = b + 1, words + nxt
-        else:
-            nxt = len(paragraphs[a - 1].split())
-            if words + nxt > high:
-                break
-            a, words = a - 1, words + nxt
-    return a, b
-
-
-def entity_qa(ex: Excerpt, rng: random.Random, low: int = 300, high: int = 1200, other_sentence: float = 0.5) -> dict | None:
-    cands = ex.candidates()
-    if not cands:
-        return None
-    p, sent, ent, question = rng.choice(cands)
-    a, b = _window_around(ex.paragraphs, p, rng, low, high)
-    paragraphs = ex.paragraphs[a:b]
-    task = "entity_qa"
-    if rng.random() < other_sentence:
-        support = qgen.support_sentence(ex.parsed[a:b], sent, ent, question)
-        if support is not None:
-            local = p - a
-            cut = paragraphs[local].replace(sent.text, "", 1)
-            paragraphs = paragraphs[:local] + ([" ".join(cut.split())] if cut.strip() else []) + paragraphs[local + 1:]
-            task = "entity_qa_other_sentence"
-    context = "\n".join(paragraphs)
-    if ent.text not in context:
-        return None
-    return {"context": context, "prompt": question, "answer": ent.text, "task": task, "source": ex.source,
-            "doc_id": ex.doc_id, "extractive": True, "answer_type": ent.label_}
-
-
-def whole_doc(ex: Excerpt, kind: str, rng: random.Random) -> dict | None:
-    if ex.words < 1000:
-        return None
-    made = qgen.whole_document(kind, ex.paragraphs, ex.ents(), rng, ex.headings, ex.title)
-    if not made:
-        return None
-    return {"context": "\n".join(ex.paragraphs), "prompt": made[0], "answer": made[1], "task": f"whole_document_{kind}",
-            "source": ex.source, "doc_id": ex.doc_id, "extractive": made[2]}
-
-
-def _passage(ex: Excerpt, rng: random.Random, p: int | None = None, low: int = 80, high: int = 200) -> str:
-    p = rng.randrange(len(ex.paragraphs)) if p is None else p
-    a, b = _window_around(ex.paragraphs, p, rng, low, high)
-    return "\n".join(ex.paragraphs[a:b])
-
-
-def hide(example: dict, needle: str, others: list[Excerpt], rng: random.Random, n_docs: tuple[int, int],
-         max_words: int, passage: tuple[int, int] = (80, 200)) -> dict | None:
-    """The example's context becomes a shuffled list of passages from other documents plus ``needle``."""
-    answer = qgen.word_pattern(example["answer"])
-    k = rng.randint(*n_docs)
-    pool = [o for o in others if o.doc_id != example["doc_id"]]
-    docs, words = [needle], len(needle.split())
-    for other in rng.sample(pool, min(len(pool), 3 * k)):
-        if len(docs) >= k:
-            break
-        text = _passage(other, rng, None, *passage)
-        if answer.search(text) or words + len(text.split()) > max_words:
-            continue
-        docs.append(text)
-        words += len(text.split())
-    if len(docs) < min(n_docs[0], len(pool) + 1):
-        return None
-    rng.shuffle(docs)
-    return {**example, "context": docs, "needle_index": docs.index(needle), "n_docs": len(docs)}
-
-
-def haystack(ex: Excerpt, others: list[Excerpt], rng: random.Random, n_docs=(10, 30), max_words=3000) -> dict | None:
-    example = entity_qa(ex, rng, 80, 200, other_sentence=0.3)
-    if example is None:
-        return None
-    made = hide(example, example["context"], others, rng, n_docs, max_words)
-    return made and {**made, "task": "haystack_" + example["task"]}
-
-
-def _entity_pool(excerpts: list[Excerpt]) -> dict[str, dict[str, list[str]]]:
-    """Swap candidates by source and entity type: names that look like names (capitalised words, or numbers)."""
-    pool: dict[str, dict[str, set[str]]] = {}
-    for ex in excerpts:
-        for text, label in ex.ents():
-            if label in qgen.SWAP_LABELS and 1 <= len(text.split()) <= 4 and text.lower() not in qgen.PRONOUNS and \
-                    re.fullmatch(r"[A-Z0-9][\w.,' -]*[\w.]", text) and (label in ("DATE", "CARDINAL", "MONEY")
-                                                                     or all(w[:1].isupper() for w in text.split()
-                                                                            if w not in ("of", "the", "and"))):
-                pool.setdefault(ex.source, {}).setdefault(label, set()).add(text)
-    return {s: {k: sorted(v) for k, v in labels.items()} for s, labels in pool.items()}
-
+# --- example sets (the example makers are the package's: e2llm_plugin.autodata.tasks) ----------------------------
 
 def _counterfactuals(examples: list[dict], pool, share: float, rng: random.Random) -> list[dict]:
-    out = []
-    for e in examples:
-        labels = ("DATE", "CARDINAL", "PERSON") if e["source"] in TECHNICAL else qgen.SWAP_LABELS  # NER is noisy on code
-        if e.get("answer_type") in labels and rng.random() < share * 1.6:
-            made = qgen.counterfactual(e, e["answer_type"], pool.get(e["source"], {}), rng)
-            if made:
-                out.append({**made, "task": made["task"] + "_counterfactual"})
-    rng.shuffle(out)
-    return out[: round(share * len(examples))]
+    return tasks.counterfactuals(examples, pool, share, rng, TECHNICAL)
 
 
-def _repeat(make, n: int, rng: random.Random, tries: int = 6) -> list[dict]:
-    out, attempts = [], 0
-    while len(out) < n and attempts < tries * n + 20:
-        attempts += 1
-        made = make(rng)
-        if made:
-            out.append(made)
-    return out
-
-
-def reasoning_set(excerpts: list[Excerpt], rng: random.Random, n_entity: int, n_whole: int, n_hay: int,
+def reasoning_set(excerpts: list[tasks.Excerpt], rng: random.Random, n_entity: int, n_whole: int, n_hay: int,
                   cf_share: float, pool) -> list[dict]:
-    by_source: dict[str, list[Excerpt]] = {}
+    by_source: dict[str, list[tasks.Excerpt]] = {}
     for ex in excerpts:
         by_source.setdefault(ex.source, []).append(ex)
     names = sorted(by_source)
@@ -280,10 +135,10 @@ def reasoning_set(excerpts: list[Excerpt], rng: random.Random, n_entity: int, n_
     def pick(r):
         return r.choice(by_source[r.choice(names)])
 
-    qa = _repeat(lambda r: entity_qa(pick(r), r), n_entity, rng)
+    qa = tasks.repeat(lambda r: tasks.entity_qa(pick(r), r), n_entity, rng)
     cf = _counterfactuals(qa, pool, cf_share, rng)
-    whole = _repeat(lambda r: whole_doc(pick(r), r.choice(qgen.WHOLE_KINDS), r), n_whole, rng, 12)
-    hay = _repeat(lambda r: haystack(pick(r), excerpts, r), n_hay, rng)
+    whole = tasks.repeat(lambda r: tasks.whole_doc(pick(r), r.choice(questions.WHOLE_KINDS), r), n_whole, rng, 12)
+    hay = tasks.repeat(lambda r: tasks.haystack(pick(r), excerpts, r), n_hay, rng)
     return qa + cf + whole + hay
 
 
@@ -334,7 +189,7 @@ def splits(seed: int) -> dict:
     return out
 
 
-def _excerpts(docs_by_source: dict, n_per_source: int, rng: random.Random, words: int, forbidden=None) -> list[Excerpt]:
+def _excerpts(docs_by_source: dict, n_per_source: int, rng: random.Random, words: int, forbidden=None) -> list[tasks.Excerpt]:
     out = []
     for name, docs in sorted(docs_by_source.items()):
         made = []
@@ -348,20 +203,20 @@ def _excerpts(docs_by_source: dict, n_per_source: int, rng: random.Random, words
     return out
 
 
-def test_general(excerpts: list[Excerpt], n: int, rng: random.Random, max_words: int = 3000) -> list[dict]:
+def test_general(excerpts: list[tasks.Excerpt], n: int, rng: random.Random, max_words: int = 3000) -> list[dict]:
     """Entity QA over one held-out document hidden among other documents of its family (1,500-3,000 words)."""
     def make(r):
         ex = r.choice(excerpts)
-        example = entity_qa(ex, r, 400, 900, other_sentence=0.5)
+        example = tasks.entity_qa(ex, r, 400, 900, other_sentence=0.5)
         if example is None:
             return None
-        made = hide(example, example["context"], excerpts, r, (3, 8), max_words, passage=(200, 450))
+        made = tasks.hide(example, example["context"], excerpts, r, (3, 8), max_words, passage_words=(200, 450))
         if not made or not 1500 <= sum(len(c.split()) for c in made["context"]) <= 4000 or made["prompt"] in seen:
             return None
         seen.add(made["prompt"])
         return made
     seen: set[str] = set()
-    return _repeat(make, n, rng, 40)
+    return tasks.repeat(make, n, rng, 40)
 
 
 def _dedupe(examples: list[dict], n: int) -> list[dict]:
@@ -395,7 +250,7 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dic
 
     def split_set(name, excerpts, countries, n_fb, n_entity, n_whole, n_hay, n_cloze, n_cont):
         rng = _rng(seed, f"v2-{name}")
-        pool = _entity_pool(excerpts)
+        pool = tasks.entity_pool(excerpts)
         reasoning = fb.short_context_qa(countries, n_fb, rng, min_words=300, max_words=1200)
         reasoning += reasoning_set(excerpts, rng, n_entity, n_whole, n_hay, sizes.counterfactual_share, pool)
         docs = {}
@@ -413,7 +268,7 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dic
         rng.shuffle(examples)
         return examples
 
-    test_by_source: dict[str, list[Excerpt]] = {}
+    test_by_source: dict[str, list[tasks.Excerpt]] = {}
     for ex in test_ex:
         test_by_source.setdefault(ex.source, []).append(ex)
     n = sizes.n_test
@@ -430,7 +285,7 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dic
 
     def counterfactual_test():
         rng = _rng(seed, "v2-test-cf")
-        pool = _entity_pool(test_ex)
+        pool = tasks.entity_pool(test_ex)
         qa = test_general([e for e in test_ex if e.source != "gnu_manuals"], 4 * n, rng)
         return _dedupe(_counterfactuals(qa, pool, 1.0, rng), n)
 
@@ -438,8 +293,9 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dic
         rng = _rng(seed, "v2-test-whole")
         long = [e for e in test_ex if e.words >= 1500]
         turn = iter(range(10 ** 6))
-        made = _repeat(lambda r: whole_doc(r.choice(long), qgen.WHOLE_KINDS[next(turn) % len(qgen.WHOLE_KINDS)], r),
-                       n, rng, 15) if long else []
+        kinds = questions.WHOLE_KINDS
+        made = tasks.repeat(lambda r: tasks.whole_doc(r.choice(long), kinds[next(turn) % len(kinds)], r),
+                            n, rng, 15) if long else []
         return _dedupe(made, n)
 
     files["test_general_counterfactual.jsonl"] = counterfactual_test
@@ -464,7 +320,7 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dic
                         for part, exs in (("train", train_ex), ("eval", eval_ex), ("test", test_ex))},
             "v2_test_docs_available": {s: len(d) for s, d in split["test"].items()},
         },
-        "versions": {**sources.versions(), "spacy_model": qgen.MODEL},
+        "versions": {**sources.versions(), "spacy_model": questions.pipeline_name()},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

@@ -1,0 +1,189 @@
+"""Reading modes: how a question over a compressed context becomes the decoder's prompt.
+
+Each mode is one `Reader` that owns its whole logic (peft's LoRA variants are the model): which chunks it reads as
+soft tokens, which as raw passages, how many positions that takes. `READERS` maps each `Mode` to its reader, and every
+caller goes through it: answering (`E2LLM.read`, `E2LLM.answer`), the training loss (`E2LLM.forward`, its distillation
+teacher included), the training data's size estimate (`training.data.decoder_positions`), the evaluation and the
+bench. A new mode is one reader class and one line in `READERS`.
+
+- ``soft``: every chunk as its soft tokens (the paper); if they overflow the decoder's window, the chunks most similar
+  to the question that fit.
+- ``hybrid``: the same, plus the raw text of the most similar chunks within a token budget, after the soft tokens.
+- ``rag``: only the raw text of the most similar chunks, in the soft tokens' place (the classic baseline).
+
+A reader returns a `Reading`: the prompt, the passages read as raw text, how many chunks it read, and the ranking of
+every chunk by similarity to the question where it ranked them (so nothing downstream ranks a second time). Readers
+use only the public verbs of `E2LLM` and its `Decoder`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from .config import Mode, check_mode
+from .decoder import ANSWER_INSTRUCTION, PASSAGES_HEADING, Prompt
+from .errors import ContextOverflowError, E2LLMError
+
+if TYPE_CHECKING:
+    from .context import CompressedContext
+    from .model import E2LLM
+
+logger = logging.getLogger(__name__)
+
+Ranking = list[tuple[int, float]]  # (chunk index, cosine similarity), most similar first
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the decoder reads for one question over one context."""
+
+    mode: Mode
+    prompt: Prompt
+    passages: Ranking  # (chunk index, similarity) read as raw text, in document order
+    chunks_read: int  # chunks read as soft tokens (rag: passages read)
+    ranking: Ranking | None  # every chunk, most similar first; None where the reading ranked none (soft, all fit)
+
+
+class Reader:
+    """One reading mode. `read` builds the prompt; `positions` bounds its size for the training data's estimate."""
+
+    mode: ClassVar[Mode]
+    #: Whether the prompt holds the context's soft tokens (so a training context needs them, and a teacher can read it).
+    reads_soft: ClassVar[bool] = True
+    #: Whether it reads raw passages (within the `hybrid_raw_tokens` budget).
+    reads_raw: ClassVar[bool] = False
+
+    def read(self, model: E2LLM, question: str, context: CompressedContext, *, max_new_tokens: int = 0,
+             target: str | None = None, history: list[dict] | None = None, raw_tokens: int | None = None,
+             exclude: Collection[int] = frozenset(), include: Collection[int] = frozenset()) -> Reading:
+        """The prompt for `question` over `context`. `target`: the training target (labels, no KV-cache prefix);
+        `raw_tokens`: the raw-passage budget instead of the config's; `exclude` and `include` steer which passages
+        training reads (never / first)."""
+        raise NotImplementedError
+
+    def positions(self, model: E2LLM, num_chunks: int) -> int:
+        """Decoder positions the context of `num_chunks` chunks takes in this mode, never fewer than it will."""
+        return num_chunks * model.config.soft_tokens_per_chunk
+
+
+class SoftReader(Reader):
+    mode = "soft"
+
+    def passages(self, model: E2LLM, context: CompressedContext, ranking: Callable[[], Ranking], raw_tokens: int | None,
+                 exclude: Collection[int], include: Collection[int]) -> Ranking:
+        """The chunks read as raw text beside the soft tokens: none."""
+        return []
+
+    def read(self, model, question, context, *, max_new_tokens=0, target=None, history=None, raw_tokens=None,
+             exclude=frozenset(), include=frozenset()) -> Reading:
+        if context.soft_tokens is None:
+            raise E2LLMError(f"mode {self.mode!r} reads soft tokens, but this context holds raw text only; use mode='rag'")
+        ranking = functools.cache(lambda: model.rank_chunks(question, context))  # ranked once, and only if needed
+        instruction = ANSWER_INSTRUCTION.format(question=question)
+        passages = self.passages(model, context, ranking, raw_tokens, exclude, include)
+        raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages) or None
+        read = self._chunks_that_fit(model, context, ranking, instruction, raw, max_new_tokens, history,
+                                     training=target is not None)
+        soft = (context.soft_tokens if len(read) == context.num_chunks else context.soft_tokens[read]).flatten(0, 1)
+        prompt = model.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens,
+                                            history=history, cacheable=target is None)
+        ranked = ranking() if ranking.cache_info().currsize else None
+        return Reading(self.mode, prompt, passages, len(read), ranked)
+
+    @staticmethod
+    def _chunks_that_fit(model: E2LLM, context: CompressedContext, ranking: Callable[[], Ranking], instruction: str,
+                         raw: str | None, max_new_tokens: int, history: list[dict] | None, training: bool) -> list[int]:
+        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt; else the chunks most
+        similar to the question that fit, in document order (a document of any length can be asked; `chunks_read` says
+        how many were read). Training reads whole contexts or none: there, a context that does not fit is an error."""
+        n, k = context.soft_tokens.shape[:2]
+        frame = model.decoder.build_prompt(context.soft_tokens[:0].flatten(0, 1), instruction, raw, history=history).num_tokens
+        room = (model.context_window - frame - max_new_tokens) // k
+        if n <= room or training:
+            return list(range(n))  # build_prompt refuses what does not fit
+        if room < 1:
+            raise ContextOverflowError(
+                f"the question, chat history and raw passages take {frame} of the decoder's {model.context_window} "
+                f"positions (+{max_new_tokens} to generate), leaving none for the document; shorten them or lower max_new_tokens"
+            )
+        logger.info("the context's %d chunks overflow the decoder's window: reading the %d most similar to the question", n, room)
+        return sorted(i for i, _ in ranking()[:room])
+
+
+class HybridReader(SoftReader):
+    mode = "hybrid"
+    reads_raw = True
+
+    def passages(self, model, context, ranking, raw_tokens, exclude, include) -> Ranking:
+        """The most similar chunks within the raw budget (the config's `hybrid_raw_tokens` unless `raw_tokens`)."""
+        budget = model.config.hybrid_raw_tokens if raw_tokens is None else raw_tokens
+        return fit_passages(model, context, ranking(), budget, exclude, include) if budget > 0 else []
+
+    def positions(self, model, num_chunks) -> int:
+        raw = model.config.hybrid_raw_tokens
+        if raw == 0:
+            return super().positions(model, num_chunks)
+        # The passages' heading, and one newline between passages (at most one per chunk), beyond their budget.
+        return super().positions(model, num_chunks) + raw + model.count_tokens(PASSAGES_HEADING.format(passages="")) + num_chunks
+
+
+class RagReader(Reader):
+    mode = "rag"
+    reads_soft = False
+    reads_raw = True
+
+    def read(self, model, question, context, *, max_new_tokens=0, target=None, history=None, raw_tokens=None,
+             exclude=frozenset(), include=frozenset()) -> Reading:
+        """Raw text of the best chunks in the context slot, where soft tokens would go: as many positions as hybrid
+        reads (`budget`), or `raw_tokens`, within what fits beside the prompt and the answer."""
+        instruction = ANSWER_INSTRUCTION.format(question=question)
+        budget = self.budget(model, context) if raw_tokens is None else raw_tokens
+        frame = model.decoder.build_prompt(model.decoder.text_embeddings(""), instruction, history=history).num_tokens
+        reserve = max_new_tokens if target is None else model.count_tokens(target) + 1  # room for the answer
+        budget = min(budget, model.context_window - frame - reserve)
+        ranking = model.rank_chunks(question, context)
+        passages = fit_passages(model, context, ranking, budget, exclude, include)
+        text = "\n".join(context.chunks[i].text.strip() for i, _ in passages)
+        slot = model.decoder.text_embeddings(text, max_tokens=budget)
+        prompt = model.decoder.build_prompt(slot, instruction, target=target, max_new_tokens=max_new_tokens, history=history)
+        return Reading(self.mode, prompt, passages, len(passages), ranking)
+
+    @staticmethod
+    def budget(model: E2LLM, context: CompressedContext) -> int:
+        """Decoder positions rag fills with raw text: as many as hybrid reads (soft tokens + raw budget)."""
+        return context.num_chunks * model.config.soft_tokens_per_chunk + model.config.hybrid_raw_tokens
+
+    def positions(self, model, num_chunks) -> int:
+        return super().positions(model, num_chunks) + model.config.hybrid_raw_tokens  # raw text in the soft tokens' place
+
+
+#: The reader of each mode: the one place a mode is dispatched.
+READERS: dict[Mode, Reader] = {reader.mode: reader for reader in (SoftReader(), HybridReader(), RagReader())}
+#: What the distillation teacher reads in training (xRAG's recipe): the raw passages that hold the answer.
+TEACHER: Reader = READERS["rag"]
+
+
+def reader_for(mode: str) -> Reader:
+    """The reader of `mode`; a ConfigError that lists the modes if it is none."""
+    return READERS[check_mode(mode)]
+
+
+def fit_passages(model: E2LLM, context: CompressedContext, ranking: Ranking, budget: int,
+                 exclude: Collection[int] = frozenset(), include: Collection[int] = frozenset()) -> Ranking:
+    """The most similar chunks of `ranking` whose raw text fits `budget` decoder tokens, in document order. Training
+    steers it: chunks in `exclude` are never chosen, chunks in `include` are taken first."""
+    ranked = [item for item in ranking if item[0] not in exclude]
+    ranked.sort(key=lambda item: item[0] not in include)  # stable: similarity order within each group
+    chosen, used = [], 0
+    for index, score in ranked:
+        cost = model.count_tokens(context.chunks[index].text)
+        if used + cost <= budget:
+            chosen.append((index, score))
+            used += cost
+        if budget - used < 8:
+            break
+    return sorted(chosen)
