@@ -23,7 +23,7 @@ from torch import nn
 from .config import GenerationConfig, LoraConfig
 from .context import PrefixCache
 from .embedded import load_base
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, E2LLMError
 from .merged import MergedCopy
 
 ANSWER_INSTRUCTION = "Answer the question: {question}"
@@ -63,6 +63,9 @@ class Decoder(nn.Module):
         self.has_lora = lora.r > 0
         self.lora_active = self.has_lora  # False while E2LLM.base_decoder() reads without it
         self.inference_copy = MergedCopy(self.model)  # what generation reads: the LoRA merged, no LoRA matmuls
+        # The distillation teacher (`freeze_teacher`): a frozen merged copy, kept in a tuple so that it is not
+        # registered as a submodule (its weights are no parameters of this model, nor saved with it).
+        self._teacher: tuple[nn.Module, ...] = ()
         self.dim = model.config.hidden_size
         self.max_tokens = getattr(model.config, "max_position_embeddings", None) or 2048
         self.stop_ids = self._stop_ids(model)
@@ -184,10 +187,26 @@ class Decoder(nn.Module):
                 f"reads at most {self.max_tokens}; use fewer or shorter documents, larger chunks, or fewer soft tokens per chunk"
             )
 
-    def target_logits(self, prompts: list[Prompt]) -> list[torch.Tensor]:
+    def freeze_teacher(self) -> None:
+        """Keep the decoder as it is now, its LoRA merged and frozen, as the teacher `target_logits(teacher=True)`
+        reads: self-distillation from the starting checkpoint, which the training steps after this do not move."""
+        self._teacher = (MergedCopy(self.model).snapshot().requires_grad_(False),)
+
+    @property
+    def has_teacher(self) -> bool:
+        return bool(self._teacher)
+
+    def target_logits(self, prompts: list[Prompt], teacher: bool = False) -> list[torch.Tensor]:
         """For each training prompt, the logits (target tokens, vocab) that predict its target. Prompts of similar length
         are read in one right-padded forward (a short restate prompt is not padded to a long hybrid one), and the
-        vocabulary projection runs only where a target token is predicted."""
+        vocabulary projection runs only where a target token is predicted. `teacher`: read by the frozen teacher
+        (`freeze_teacher`) instead of the decoder being trained."""
+        if teacher and not self._teacher:
+            raise E2LLMError("no distillation teacher: call freeze_teacher() first")
+        if teacher:
+            model = self._teacher[0]
+        else:
+            model = self.model.get_base_model() if self.has_lora else self.model  # LoRA layers live inside it
         order = sorted(range(len(prompts)), key=lambda i: prompts[i].num_tokens, reverse=True)
         groups: list[list[int]] = []
         for i in order:  # longest first: a prompt joins the open group if padding it wastes under a quarter
@@ -197,17 +216,16 @@ class Decoder(nn.Module):
                 groups.append([i])
         out: dict[int, torch.Tensor] = {}
         for group in groups:
-            out.update(zip(group, self._padded_target_logits([prompts[i] for i in group]), strict=True))
+            out.update(zip(group, self._padded_target_logits(model, [prompts[i] for i in group]), strict=True))
         return [out[i] for i in range(len(prompts))]
 
-    def _padded_target_logits(self, prompts: list[Prompt]) -> list[torch.Tensor]:
+    def _padded_target_logits(self, model: nn.Module, prompts: list[Prompt]) -> list[torch.Tensor]:
         width = max(p.num_tokens for p in prompts)
         pad = prompts[0].embeds.new_zeros(1, 1, self.dim)
         embeds = torch.cat([torch.cat([p.embeds, pad.expand(1, width - p.num_tokens, -1)], dim=1) for p in prompts])
         mask = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         for i, p in enumerate(prompts):
             mask[i, : p.num_tokens] = 1
-        model = self.model.get_base_model() if self.has_lora else self.model  # LoRA layers live inside it
         states = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         # The position before each target token predicts it.
         rows = [states[i, p.num_tokens - len(p.target_ids) - 1 : p.num_tokens - 1] for i, p in enumerate(prompts)]

@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --mode hybrid: share of QA tasks whose answer-holding chunks are kept out of the raw "
                        "passages (the answer must be read from the soft tokens; the other passages stay, as distractors)")
     tasks.add_argument("--distill", type=float, default=0.0,
-                       help="weight of a KL term to the base decoder reading the answer's raw passages (a teacher beside "
-                       "the gold answer); costs one more no-grad decoder pass per QA task")
+                       help="weight of a KL term to a teacher, the starting checkpoint (frozen) reading the answer's raw "
+                       "passages in rag mode, beside the gold answer (xRAG uses 2); one more no-grad decoder pass per "
+                       "QA task read from soft tokens")
     tasks.add_argument("--max-chunks", type=int, default=96, help="tasks with more chunks are skipped (and counted)")
 
     model = p.add_argument_group("model (new runs; with --from, only reading settings and a larger k)")

@@ -50,6 +50,11 @@ class MergedCopy:
                 self._copy = (key, self._build(dtype if convert else None))
             return self._copy[1]
 
+    def snapshot(self) -> nn.Module:
+        """A merged copy of the model as it is now, which later changes to its weights do not reach (the distillation
+        teacher: the starting checkpoint, frozen). It shares the frozen base weights, as `get()`'s copy does."""
+        return self._build(None)
+
     def _build(self, dtype: torch.dtype | None) -> nn.Module:
         shared = {}
         if dtype is None:  # deepcopy's memo maps these tensors to themselves: shared, not copied

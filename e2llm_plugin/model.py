@@ -499,8 +499,10 @@ class E2LLM(
 
         A list of tasks is read as one batch: one encoder pass over their distinct chunks (a restate window repeats
         chunks of its record's question), one padded decoder pass; the result is one loss per task. `distill` > 0 adds
-        that weight times the KL divergence from a teacher, the same decoder without its LoRA reading the raw passages
-        that hold the answer, to the student's next-token distributions over the answer (xRAG's recipe)."""
+        that weight times the KL divergence from a teacher reading the raw passages that hold the answer (`rag` mode)
+        to the student's next-token distributions over the answer, for every task read from soft tokens (xRAG's recipe,
+        with the model's own reading as the teacher): the decoder as `freeze_teacher` kept it, frozen on the first
+        such call if it was not kept before."""
         if isinstance(tasks, Task):
             return self.forward([tasks], mode, distill)[0]
         texts = list(dict.fromkeys(c.text for task in tasks for c in task.chunks))
@@ -524,14 +526,22 @@ class E2LLM(
         losses = torch.stack([nn.functional.cross_entropy(z.float(), p.target_ids) for z, p in zip(logits, prompts, strict=True)])
         if distill > 0:
             taught = [i for i, context in enumerate(contexts) if context is not None]
-            with torch.no_grad(), self.base_decoder():
+            if not self.decoder.has_teacher:
+                self.freeze_teacher()
+            with torch.no_grad():
                 teacher = self.decoder.target_logits([
                     TEACHER.read(self, tasks[i].question, contexts[i], target=tasks[i].target,
-                                 include=tasks[i].answer_chunks()).prompt for i in taught])
+                                 include=tasks[i].answer_chunks()).prompt for i in taught], teacher=True)
             kl = {i: nn.functional.kl_div(logits[i].float().log_softmax(-1), t.float().log_softmax(-1), log_target=True,
                                           reduction="batchmean") for i, t in zip(taught, teacher, strict=True)}
             losses = losses + distill * torch.stack([kl.get(i, losses.new_zeros(())) for i in range(len(tasks))])
         return losses
+
+    def freeze_teacher(self) -> None:
+        """Keep the decoder as it is now as the distillation teacher of `forward(distill=...)`: a frozen copy of the
+        starting checkpoint reading raw passages, which reads them far better than the base decoder without its LoRA
+        (call it before training starts, and before a resumed run loads its later weights)."""
+        self.decoder.freeze_teacher()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The adapter and LoRA parameters, switched to require gradients; the base models stay frozen."""

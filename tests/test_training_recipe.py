@@ -1,10 +1,12 @@
 """The batched training forward and the hybrid recipe, on tiny models: a batch of tasks gives each task's own loss,
-answer chunks kept out of the raw passages, distillation from the base decoder, the trainer's batches and resume, and
+answer chunks kept out of the raw passages, distillation from the frozen starting checkpoint, the trainer's batches and
+resume, and
 the recipe's flags."""
 
 import dataclasses
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -147,7 +149,7 @@ def test_distillation_adds_a_non_negative_term_to_reasoning_only(model, tasks):
     torch.testing.assert_close(model(batch, "hybrid"), plain, rtol=0, atol=0)
     for i, task in enumerate(batch):
         if task.kind == "reasoning" and task.mode != "rag":
-            assert half[i] > plain[i] + 1e-6, (i, task.mode)  # the base decoder reading the passages disagrees
+            assert half[i] > plain[i] + 1e-6, (i, task.mode)  # the teacher reading the passages disagrees
             torch.testing.assert_close(whole[i] - plain[i], 2 * (half[i] - plain[i]), rtol=1e-3, atol=1e-5)  # weight x KL
         else:  # restating, and text RAG (no soft tokens to teach), get no teacher
             torch.testing.assert_close(half[i], plain[i], rtol=0, atol=0)
@@ -162,6 +164,40 @@ def test_the_distillation_term_alone_trains_the_decoder_lora(model, tasks):
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and n.startswith("decoder.") and p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)  # the KL term trains the student
     model.zero_grad(set_to_none=True)
+
+
+def test_the_teacher_is_the_decoder_as_frozen_and_training_does_not_move_it(tiny_config, tasks):
+    model = build_tiny_model(tiny_config, seed=2)
+    model.trainable_parameters()
+    model.eval()
+    names = [n for n, _ in model.named_parameters()]
+    saved = model.trained_state_dict().keys()
+    model.freeze_teacher()
+    assert [n for n, _ in model.named_parameters()] == names and model.trained_state_dict().keys() == saved  # not a part
+    prompt = model.read(QUESTION, model.compress([LOREM]), "rag", target="26 October").prompt
+    with torch.no_grad():
+        student, teacher = model.decoder.target_logits([prompt])[0], model.decoder.target_logits([prompt], teacher=True)[0]
+        torch.testing.assert_close(teacher, student, rtol=1e-4, atol=1e-4)  # the starting checkpoint reading rag
+        lora_b = next(p for n, p in model.named_parameters() if n.startswith("decoder.") and "lora_B" in n)
+        lora_b.add_(0.5)  # a training step moves the student ...
+        moved = model.decoder.target_logits([prompt])[0]
+        assert not torch.allclose(moved, student, atol=1e-3)
+        torch.testing.assert_close(model.decoder.target_logits([prompt], teacher=True)[0], teacher, rtol=0, atol=0)  # not it
+
+
+def test_a_distilling_trainer_freezes_its_teacher_before_it_resumes(tiny_dirs, data, tmp_path, monkeypatch):
+    frozen = []
+    real = trainer_module.E2LLM.freeze_teacher
+    real_resume = trainer_module.Trainer.resume
+    monkeypatch.setattr(trainer_module.E2LLM, "freeze_teacher", lambda self: (frozen.append("teacher"), real(self))[1])
+    monkeypatch.setattr(trainer_module.Trainer, "resume", lambda self: (frozen.append("resume"), real_resume(self))[1])
+    steps = ["--max-steps", "2", "--save-every", "1", "--distill", "0.5"]
+    finetune.run(_args(tiny_dirs, data[0], data[1], tmp_path / "run", *steps))
+    assert frozen == ["teacher"]
+    frozen.clear()
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-0000002")  # as if killed after step 1
+    finetune.run(_args(tiny_dirs, data[0], data[1], tmp_path / "run", *steps, "--resume"))
+    assert frozen == ["teacher", "resume"]  # the starting checkpoint teaches, not the weights resumed from
 
 
 @pytest.mark.parametrize("which", ["understanding-only", "rag-only"])

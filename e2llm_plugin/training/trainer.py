@@ -58,7 +58,7 @@ class TrainingArgs:
     max_chunks: int = 96
     soft_ratio: float = 0.0  # with --mode hybrid: share of reasoning tasks read from soft tokens alone
     answer_out_ratio: float = 0.0  # hybrid: share whose answer-holding chunks are kept out of the raw passages
-    distill: float = 0.0  # weight of the KL term to the base decoder reading the answer's passages
+    distill: float = 0.0  # weight of the KL term to the starting checkpoint reading the answer's passages (rag)
     precision: str = "auto"
     push_to_hub: str | None = None
     config_overrides: dict = field(default_factory=dict)
@@ -86,6 +86,8 @@ class Trainer:
         warmup = min(args.warmup_steps, self.total_steps // 2)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
         self.trainable = accelerator.prepare(model)  # DDP where distributed; its forward is the model's loss
+        if args.distill > 0:  # the teacher is the starting checkpoint: frozen before `resume` loads later weights
+            model.freeze_teacher()
         self.step = 0
         self.saved_step = -1
         self.cursor = 0  # examples consumed, counted globally across ranks
