@@ -20,6 +20,7 @@ from e2llm_plugin.evaluation.metrics import (
     f1_score,
     loops,
     normalize_answer,
+    rouge_l,
     score,
 )
 from research import targets
@@ -46,6 +47,17 @@ def test_answer_recall_ignores_verbosity():
     assert answer_recall("It is on 26 October.", gold) == pytest.approx(2 / 5)
     assert answer_recall("no idea", gold) == 0.0
     assert f1_score(f"The national holiday of Austria is {gold}, a public holiday.", gold) < 1.0
+
+
+def test_rouge_l_rewards_words_in_order():
+    gold = "The lighthouse was built in 1852. It guided ships past the reef."
+    assert rouge_l(gold, gold) == 1.0
+    # normalised, the longest common subsequence "lighthouse was built in 1852" is 5 of 6 predicted and 5 of 10 gold words
+    assert rouge_l("A lighthouse was built there in 1852.", gold) == pytest.approx(2 * (5 / 6) * (5 / 10) / (5 / 6 + 5 / 10))
+    shuffled = "reef the past ships guided it 1852 in built was lighthouse"
+    assert f1_score(shuffled, gold) == 1.0 and rouge_l(shuffled, gold) < 0.2  # same words, no order
+    assert rouge_l("nothing alike", gold) == 0.0 and rouge_l("", "") == 1.0
+    assert score("built in 1852", [gold, "in 1852"])["rouge_l"] == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
 
 
 def test_answer_in_matches_whole_normalised_words():
@@ -236,7 +248,7 @@ def test_load_examples_skips_understanding_lines_and_shuffles(data_files):
 
 def test_the_best_accepted_answer_counts():
     assert score("It was 5 of them", ["five", "5"])["f1"] > 0 == score("It was 5 of them", ["five"])["f1"]
-    assert score("five", "five") == {"em": 1.0, "f1": 1.0, "recall": 1.0}
+    assert score("five", "five") == {"em": 1.0, "f1": 1.0, "recall": 1.0, "rouge_l": 1.0}
     example = Example("How many?", "five", ["text"], answers=["5", "five"])
     assert example.answers == ["five", "5"]  # the canonical answer first, never twice
 

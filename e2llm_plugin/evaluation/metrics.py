@@ -51,11 +51,30 @@ def answer_recall(prediction: str, gold: str) -> float:
     return sum((pred & ref).values()) / sum(ref.values())
 
 
+def rouge_l(prediction: str, gold: str) -> float:
+    """ROUGE-L F1 over normalised words: the longest common subsequence against both lengths. For answers of a few
+    sentences, where word order matters and a bag of words (F1) says too little."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    row = [0] * (len(ref) + 1)  # one row of the LCS table at a time
+    for word in pred:
+        diagonal = 0
+        for j, other in enumerate(ref, start=1):
+            diagonal, row[j] = row[j], diagonal + 1 if word == other else max(row[j], row[j - 1])
+    lcs = row[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
 def score(prediction: str, golds: str | list[str]) -> dict[str, float]:
-    """EM, F1 and recall against the best of the accepted answers (SQuAD takes the maximum over its references)."""
+    """EM, F1, recall and ROUGE-L against the best of the accepted answers (SQuAD takes the maximum over its
+    references)."""
     golds = [golds] if isinstance(golds, str) else golds
     return {name: max(fn(prediction, gold) for gold in golds)
-            for name, fn in (("em", exact_match), ("f1", f1_score), ("recall", answer_recall))}
+            for name, fn in (("em", exact_match), ("f1", f1_score), ("recall", answer_recall), ("rouge_l", rouge_l))}
 
 
 def loops(prediction: str) -> bool:

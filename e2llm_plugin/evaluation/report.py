@@ -15,8 +15,9 @@ def aggregate(outcomes: list[dict]) -> dict:
     out = {"n": len(ran), "n_total": len(outcomes)}
     if not ran:
         return out
-    for key in ("em", "f1", "recall"):
-        out[key] = 100 * sum(o[key] for o in ran) / len(ran)
+    for key in ("em", "f1", "recall", "rouge_l"):
+        if all(key in o for o in ran):  # results written before ROUGE-L was scored lack it
+            out[key] = 100 * sum(o[key] for o in ran) / len(ran)
     for key in ("ttft_s", "total_s", "tokens_read"):
         out[key] = sum(o[key] for o in ran) / len(ran)
     out["peak_mb"] = max(o["peak_mb"] for o in ran)
@@ -24,6 +25,7 @@ def aggregate(outcomes: list[dict]) -> dict:
     if hits:
         out["passage_hit"] = 100 * sum(hits) / len(hits)
     out["loops"] = sum(bool(o.get("loops")) for o in ran)
+    out["empty"] = sum(not o["prediction"].strip() for o in ran)
     return out
 
 
@@ -44,18 +46,21 @@ def markdown(results: dict) -> str:
              f"Window for text baselines: {s['window']} decoder tokens; decoding {_decoding(s.get('generation'))}, at most "
              f"{s['max_new_tokens']} new tokens; "
              f"{s['device']}, {s['threads']} torch thread(s). Scores are 0-100 (SQuAD normalisation); recall = share of gold "
-             "answer tokens in the prediction. TTFT includes compression (E2LLM) or chunk embedding (RAG) and prefill; "
+             "answer tokens in the prediction; ROUGE-L = F1 of the longest common word subsequence (for sentence-long "
+             "answers). TTFT includes compression (E2LLM) or chunk embedding (RAG) and prefill; "
              "peak MB = the most memory one call added over the RSS before it (max over questions); answer in passages = "
              "share of questions whose gold answer occurs in the raw passages the method read (retrieval hit rate).", ""]
     for name, f in results["files"].items():
         lines += [f"## {name}", "",
-                  "| method | EM | F1 | recall | answer in passages % | TTFT s | total s | decoder tokens read | peak MB | n |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| method | EM | F1 | recall | ROUGE-L | answer in passages % | TTFT s | total s | decoder tokens read | "
+                  "peak MB | looping / empty | n |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, agg in f["summary"].items():
             hit = _fmt(agg.get("passage_hit"), 0) if "passage_hit" in agg else "–"
-            lines.append(f"| {method} | {_fmt(agg.get('em'))} | {_fmt(agg.get('f1'))} | {_fmt(agg.get('recall'))} | {hit} | "
-                         f"{_fmt(agg.get('ttft_s'), 2)} | {_fmt(agg.get('total_s'), 2)} | {_fmt(agg.get('tokens_read'), 0)} | "
-                         f"{_fmt(agg.get('peak_mb'), 0)} | {agg['n']}/{agg['n_total']} |")
+            lines.append(f"| {method} | {_fmt(agg.get('em'))} | {_fmt(agg.get('f1'))} | {_fmt(agg.get('recall'))} | "
+                         f"{_fmt(agg.get('rouge_l'))} | {hit} | {_fmt(agg.get('ttft_s'), 2)} | {_fmt(agg.get('total_s'), 2)} | "
+                         f"{_fmt(agg.get('tokens_read'), 0)} | {_fmt(agg.get('peak_mb'), 0)} | "
+                         f"{agg.get('loops', 0)} / {agg.get('empty', 0)} | {agg['n']}/{agg['n_total']} |")
         if "wall_s_per_question" in f:
             lines.append(f"\nWall time: {f['wall_s_per_question']:.1f} s per question for all methods (shared stages run once).")
         lines.append("")
