@@ -246,7 +246,7 @@ def test_v2_quick_build_writes_every_file(built_v2, built):
     from research.data_builders import v2
     out, manifest = built_v2
     for name in v2.FILES:
-        if name == "test_handwritten.jsonl" and v2._handwritten() is None:
+        if name == "test_handwritten.jsonl" and v2.handwritten_builder() is None:
             continue
         assert _lines(out, name), name
         assert manifest["files"][name]["lines"] == len(_lines(out, name))

@@ -144,7 +144,8 @@ def reasoning_set(excerpts: list[tasks.Excerpt], rng: random.Random, n_entity: i
 
 # --- the build ----------------------------------------------------------------------------------------------
 
-def _handwritten():
+def handwritten_builder():
+    """The hand-written set's builder (`research.data_builders.handwritten`), or None where it is not shipped."""
     try:
         from . import handwritten
     except ImportError:
@@ -160,7 +161,7 @@ def splits(seed: int) -> dict:
                                  _rng(seed, f"split-{name}")) for name, ds in docs.items()}
     v1_test_speeches = sorted(d.doc_id for d in v1["sotu"][2])
     presidents = sorted({i.split("-")[1] for i in v1_test_speeches})
-    handwritten = _handwritten()
+    handwritten = handwritten_builder()
     excluded = {(s, d) for s, ids in (getattr(handwritten, "DOC_IDS", {}) or {}).items() for d in ids}
 
     def test_of(source: str, doc_id: str) -> bool:
@@ -301,7 +302,7 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dic
     files["test_general_counterfactual.jsonl"] = counterfactual_test
     files["test_whole_document.jsonl"] = whole_test
     written = {name: make() for name, make in files.items()}
-    handwritten = _handwritten()
+    handwritten = handwritten_builder()
     if handwritten is not None:
         written["test_handwritten.jsonl"] = handwritten.build()
     for name, examples in written.items():
