@@ -22,8 +22,12 @@ def interval(diffs: list[float]) -> str:
 
 
 def compare_runs(first: dict, second: dict) -> None:
-    for name, entry in second["files"].items():
-        rows, before = entry["examples"], first["files"][name]["examples"]
+    """Question by question over the sets both runs hold (a full benchmark may be stored one set per run)."""
+    shared = [name for name in second["files"] if name in first["files"]]
+    if not shared:
+        raise SystemExit(f"the two runs share no set: {sorted(first['files'])} against {sorted(second['files'])}")
+    for name in shared:
+        rows, before = second["files"][name]["examples"], first["files"][name]["examples"]
         if [r["question"] for r in rows] != [r["question"] for r in before]:
             raise SystemExit(f"{name}: the two runs asked different questions")
         for method in rows[0]["methods"]:
