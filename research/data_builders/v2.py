@@ -469,7 +469,8 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2(), only: 
     summaries.update({name: _summary(examples) for name, examples in written.items()})
     if only is not None and (out / "manifest.json").exists():  # keep the entries of the files left untouched
         previous = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"]
-        summaries = {name: summaries.get(name, previous.get(name)) for name in FILES if name in summaries or name in previous}
+        order = V1_TEST_FILES + tuple(name for name in FILES if name not in V1_TEST_FILES)  # a full build's order
+        summaries = {name: summaries.get(name, previous.get(name)) for name in order if name in summaries or name in previous}
     manifest = {
         "version": 2,
         "seed": seed,
