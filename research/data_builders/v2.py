@@ -10,7 +10,9 @@ questions over 1,000-3,000-word excerpts, multi-document haystacks and v1-style 
 Held out of train and eval, by whole document family: every speech of the presidents of the v1 test speeches, the
 novel ``HELD_OUT_NOVEL``, Python docs under ``HELD_OUT_PYDOC_DIRS``, aclsum's test papers, the GNU manuals (a kind never
 trained on), the hand-written set's documents, and (as in v1) paragraphs naming a test country. The v1 test files are
-rebuilt by the v1 code with the same seeds, byte-identical to a v1 build.
+rebuilt by the v1 code with the same seeds, byte-identical to a v1 build. ``test_descriptive.jsonl`` asks for answers
+of one to three sentences quoted from held-out excerpts (`test_descriptive`). ``--only FILE ...`` builds some files
+alone and leaves the others as they are.
 """
 from __future__ import annotations
 
