@@ -296,3 +296,76 @@ def test_a_subset_keeps_its_tasks_and_replays_factbook_qa(tmp_path):
     assert main([str(data), "--tasks", "entity_qa", "--replay-factbook", "0.25", "--out", str(out)]) == 0
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["task"] for r in kept) == ["entity_qa"] * 8 + ["qa"] * 2  # no continuation, no restate
+
+
+# --- v2: the descriptive held-out set ---------------------------------------------------------------------
+
+def test_descriptive_questions_are_about_specific_subjects_in_clean_sentences(spacy_nlp):
+    from e2llm_plugin.autodata import tasks
+    from research.data_builders import v2
+    paragraphs = ["Immigration", "The immigration service at New York has been greatly improved during the last two years.",
+                  "Congress passed several laws this year about trade with Spain. The immigration service now employs two "
+                  "hundred inspectors at the port of Boston.",
+                  "Most people saw the whole value of the plan in the long winter months."]
+    ex = tasks.Excerpt("sotu", "x", paragraphs, {"Immigration"}, None)
+    tasks.parse([ex])
+    made = [v2.describe_test(ex, random.Random(seed)) for seed in range(8)]
+    # New York, Spain and Boston are named in passing, "the whole value" and "Most people" are vague: never asked about
+    assert {line["topic"] for line in made} == {"the immigration service", "Congress"}
+    service = next(line for line in made if line["topic"] == "the immigration service")
+    assert service["reference_sentences"] == [paragraphs[1], "The immigration service now employs two hundred inspectors "
+                                                             "at the port of Boston."]
+    assert v2.describe_test(ex, random.Random(3)) == made[3]
+    lead = v2.section_test(ex, random.Random(0))
+    assert lead["heading"] == "Immigration" and lead["answer"] == paragraphs[1]
+
+    assert not v2._clean("It returns a sorted list of strings::")  # hands over to a code block
+    assert not v2._clean("Z i < l a t e x i t s h a 1 _ b a s e 6 4 = Z Z M r c J.")  # a PDF's spelled-out LaTeX
+    assert v2._cited("Kool et al. (2019) propose stochastic beam search.", "Kool et al")
+    assert v2._cited("Test design The first setup concerns recombinations.", "Test design")
+    assert not v2._cited("The position index is used to store node numbers.", "position index")
+
+
+def test_descriptive_set_holds_out_its_documents_and_quotes_them(built_v2):
+    from e2llm_plugin.autodata import questions
+    from research.data_builders import v2
+    out, manifest = built_v2
+    lines = _lines(out, v2.DESCRIPTIVE_FILE)
+    assert len(lines) == v2.SizesV2.quick().n_descriptive == manifest["files"][v2.DESCRIPTIVE_FILE]["lines"]
+    assert len({e["source"] for e in lines}) >= 4  # spread over the held-out families
+    held = manifest["split"]["v2_held_out"]
+    test_papers = {p.paper_id for p in sources.acl_papers() if p.split == "test"}
+    held_out = {"sotu": lambda d: d.split("-")[1] in held["presidents"], "austen": lambda d: d.startswith(held["novel"] + "/"),
+                "python_docs": lambda d: d.startswith(tuple(held["python_docs_dirs"])), "acl": lambda d: d in test_papers,
+                "gnu_manuals": lambda d: True}
+    trained = {(e["source"], e["doc_id"]) for name in ("train.jsonl", "eval.jsonl") for e in _lines(out, name)}
+    openings = tuple(t.split("{")[0] for t in questions.DESCRIBE_TEMPLATES + questions.SECTION_SUMMARY_TEMPLATES)
+    for e in lines:
+        assert held_out[e["source"]](e["doc_id"]) and (e["source"], e["doc_id"]) not in trained, (e["source"], e["doc_id"])
+        assert e["prompt"].startswith(openings) and e["task"] in ("describe", "summarize_section")
+        assert 1 <= len(e["reference_sentences"]) <= 3 and e["answer"] == " ".join(e["reference_sentences"])
+        assert all(s in e["context"] for s in e["reference_sentences"]), e["prompt"]
+        if e["task"] == "describe":
+            topic = e["topic"].removeprefix("the ")
+            assert all(topic.lower() in s.lower() for s in e["reference_sentences"]), e["prompt"]
+
+
+def test_descriptive_set_rebuilds_alone_byte_identically(built_v2, tmp_path):
+    import shutil
+
+    from research.data_builders import v2
+    from research.data_builders.__main__ import main
+    out, manifest = built_v2
+    copy = tmp_path / "v2"
+    shutil.copytree(out, copy)
+    (copy / v2.DESCRIPTIVE_FILE).unlink()
+    others = {p.name: p.read_bytes() for p in copy.glob("*.jsonl")}
+    rebuilt = v2.build(copy, seed=0, sizes=v2.SizesV2.quick(), only=[v2.DESCRIPTIVE_FILE])
+    assert (copy / v2.DESCRIPTIVE_FILE).read_bytes() == (out / v2.DESCRIPTIVE_FILE).read_bytes()
+    assert {p.name: p.read_bytes() for p in copy.glob("*.jsonl") if p.name != v2.DESCRIPTIVE_FILE} == others
+    assert list(rebuilt["files"].items()) == list(manifest["files"].items())  # untouched files keep their entries, in order
+    with pytest.raises(ValueError, match="unknown data file"):
+        v2.build(copy, only=["test_nothing.jsonl"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(copy), "--version", "2", "--only", "test_nothing.jsonl"])
+    assert exit_.value.code == 2

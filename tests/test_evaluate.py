@@ -203,6 +203,7 @@ def test_cli_writes_json_markdown_and_plot(tiny_checkpoint, data_files, tmp_path
     assert set(results["files"]) == {"short.jsonl", "held.jsonl"}
     summary = results["files"]["short.jsonl"]["summary"]
     assert summary["soft"]["n"] == 3 and summary["full_context"]["n"] == 2  # the 40x context does not fit 600 tokens
+    assert "rouge_l" in summary["soft"] and "rouge_l" in results["files"]["short.jsonl"]["examples"][0]["methods"]["soft"]
     assert results["reconstruction"]["windows"] == 2
     assert [p["chunk_tokens"] for p in results["sweep"]] == [12, 24, 48, 24]
     ratios = [p["compression_ratio"] for p in results["sweep"][:3]]

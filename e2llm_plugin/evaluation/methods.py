@@ -111,6 +111,7 @@ class Outcome:
     em: float | None = None
     f1: float | None = None
     recall: float | None = None
+    rouge_l: float | None = None
     passage_hit: float | None = None  # methods that read raw passages: 1.0 if the gold answer is in them
     loops: bool | None = None  # the answer repeats itself (see metrics.loops)
     note: str = ""

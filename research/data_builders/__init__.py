@@ -120,12 +120,13 @@ def short_test_qa(test_countries: list, n: int, rng: random.Random) -> list[dict
     return out
 
 
-def build(out_dir: str | Path, seed: int = 0, sizes: Sizes = Sizes(), only: list[str] | None = None) -> dict:
+def build(out_dir: str | Path, seed: int = 0, sizes: Sizes = Sizes(), only: list[str] | None = None,
+          write_manifest: bool = True) -> dict:
     """Write every file into ``out_dir`` and return the manifest.
 
     ``only`` names the files to (re)build; the others are neither computed nor touched, and their entries in an
     existing ``manifest.json`` are kept. Every file draws from its own seeded stream, so a file built alone is
-    byte-identical to the same file of a full build.
+    byte-identical to the same file of a full build. ``write_manifest=False``: the caller writes its own (v2).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,5 +207,6 @@ def build(out_dir: str | Path, seed: int = 0, sizes: Sizes = Sizes(), only: list
         },
         "versions": sources.versions(),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if write_manifest:
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

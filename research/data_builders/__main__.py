@@ -20,9 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny version in seconds, for tests")
     parser.add_argument("--version", type=int, choices=(1, 2), default=1,
                         help="1: Factbook QA + cloze (default, today's benchmark); 2: broad prose QA (see data_builders.v2)")
-    parser.add_argument("--only", nargs="+", choices=FILES, metavar="FILE",
-                        help="build only these files (others in --out are left untouched); e.g. test_factbook_short.jsonl")
+    parser.add_argument("--only", nargs="+", metavar="FILE",
+                        help="build only these files (others in --out are left untouched); e.g. test_factbook_short.jsonl, "
+                             "or with --version 2 test_descriptive.jsonl")
     args = parser.parse_args(argv)
+    if args.version == 2:
+        from . import v2
+    known = v2.FILES if args.version == 2 else FILES
+    unknown = sorted(set(args.only or ()) - set(known))
+    if unknown:
+        parser.error(f"--only: no data file {', '.join(unknown)} in version {args.version}; choose from {', '.join(known)}")
 
     sizes = Sizes.quick(args.max_train) if args.quick else Sizes(max_train=args.max_train)
     overrides = {"max_test": args.max_test, "max_haystack": args.max_haystack}
@@ -30,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if args.version == 2:
-            from . import v2
             v2_sizes = v2.SizesV2.quick() if args.quick else v2.SizesV2(v1=sizes)
-            manifest = v2.build(args.out, args.seed, v2_sizes)
+            manifest = v2.build(args.out, args.seed, v2_sizes, only=args.only)
         else:
             manifest = build(args.out, args.seed, sizes, only=args.only)
     except SourceMissing as err:

@@ -10,13 +10,16 @@ questions over 1,000-3,000-word excerpts, multi-document haystacks and v1-style 
 Held out of train and eval, by whole document family: every speech of the presidents of the v1 test speeches, the
 novel ``HELD_OUT_NOVEL``, Python docs under ``HELD_OUT_PYDOC_DIRS``, aclsum's test papers, the GNU manuals (a kind never
 trained on), the hand-written set's documents, and (as in v1) paragraphs naming a test country. The v1 test files are
-rebuilt by the v1 code with the same seeds, byte-identical to a v1 build.
+rebuilt by the v1 code with the same seeds, byte-identical to a v1 build. ``test_descriptive.jsonl`` asks for answers
+of one to three sentences quoted from held-out excerpts (`test_descriptive`). ``--only FILE ...`` builds some files
+alone and leaves the others as they are.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +37,8 @@ V1_TEST_FILES = ("test_factbook_short.jsonl", "test_factbook_single.jsonl", "tes
 V2_TEST_FILES = ("test_general_speeches.jsonl", "test_general_novels.jsonl", "test_general_docs.jsonl",
                  "test_general_papers.jsonl", "test_general_unseen_kind.jsonl", "test_general_counterfactual.jsonl",
                  "test_whole_document.jsonl")
-FILES = ("train.jsonl", "eval.jsonl") + V1_TEST_FILES + V2_TEST_FILES + ("test_handwritten.jsonl",)
+DESCRIPTIVE_FILE = "test_descriptive.jsonl"
+FILES = ("train.jsonl", "eval.jsonl") + V1_TEST_FILES + V2_TEST_FILES + ("test_handwritten.jsonl", DESCRIPTIVE_FILE)
 TEST_FAMILY = {"test_general_speeches.jsonl": "sotu", "test_general_novels.jsonl": "austen",
                "test_general_docs.jsonl": "python_docs", "test_general_papers.jsonl": "acl",
                "test_general_unseen_kind.jsonl": "gnu_manuals"}
@@ -62,10 +66,11 @@ class SizesV2:
     test_docs_per_source: int = 40
     eval_docs_per_source: int = 15
     v1: V1Sizes = V1Sizes()
+    n_descriptive: int = 75
 
     @classmethod
     def quick(cls) -> SizesV2:
-        return cls(40, 60, 20, 10, 10, 10, 0.2, 0.15, 8, 10, 5, 4, 8, 1500, 4, 4, 2, V1Sizes.quick())
+        return cls(40, 60, 20, 10, 10, 10, 0.2, 0.15, 8, 10, 5, 4, 8, 1500, 4, 4, 2, V1Sizes.quick(), n_descriptive=10)
 
 
 def _excerpt(source: str, doc: sources.Doc, rng: random.Random, max_words: int) -> tasks.Excerpt | None:
@@ -220,6 +225,151 @@ def test_general(excerpts: list[tasks.Excerpt], n: int, rng: random.Random, max_
     return tasks.repeat(make, n, rng, 40)
 
 
+# --- descriptive questions: answers of one to three sentences (held-out documents only) -------------------------
+
+# Topic entity types (a name), and first words that make a phrase vague ("Most programs", "other countries").
+_NAMED = {"PERSON", "ORG", "NORP", "GPE", "LOC", "FAC", "EVENT", "WORK_OF_ART", "LAW", "PRODUCT", "LANGUAGE"}
+_VAGUE_FIRST = set("""most many some other all several such few various any each every previous following recent certain
+own same whole general new""".split())
+
+
+def _specific(span) -> bool:
+    """A topic a reader could look up (``span``: one of its mentions): a name (a named entity, or an identifier such as
+    BaseException or str.zfill) or a phrase of two nouns or more ("the immigration service"); not a number, a
+    possessive or an adjective before a noun ("the whole value", "Most programs", "zeros")."""
+    words = [t for t in span if t.dep_ != "det"]
+    if not words or words[0].lower_ in _VAGUE_FIRST or any(t.like_num for t in words) or span.text.endswith("'s"):
+        return False
+    if any(t.ent_type_ == "PERSON" for t in words) and not all(t.text[:1].isupper() or t.lower_ in ("of", "and", "de", "van",
+                                                                                                "von") for t in words):
+        return False  # a name run into other words by the tagger: "Anne haggard"
+    doc = span.doc
+    named = all(t.ent_type_ in _NAMED for t in words) and words[0].ent_iob_ == "B" and \
+        any(t.pos_ in ("NOUN", "PROPN") for t in words) and \
+        (span.end == len(doc) or doc[span.end].ent_iob_ != "I")  # the whole name: not "Justice" of "Department of Justice"
+    identifier = len(words) == 1 and re.search(r"[a-z][A-Z]|_|\w\.\w", words[0].text) is not None
+    return named or identifier or sum(t.pos_ in ("NOUN", "PROPN") for t in words) >= 2
+
+
+def _nameable(name: str) -> bool:
+    """A topic that reads well inside a question: no clause punctuation or broken quote ("Dear Smith,--I", "GNU 'diff")
+    and one word of three letters or more ("N. H." is not)."""
+    return not re.search(r"[,;:!?\"]|--", name) and re.sub(r"'s\b", "", name).count("'") % 2 == 0 and \
+        any(len(w.strip(".'")) >= 3 for w in name.split())
+
+
+def _clean(sentence: str) -> bool:
+    """A sentence to score against: reads as text (`questions.describe`'s test), ends a sentence rather than handing
+    over to a list or code block (':'), and is not extraction debris such as a PDF's spelled-out LaTeX (mostly
+    one-letter words)."""
+    words = sentence.split()
+    return questions._reads_as_text(sentence) and re.search(r"[.!?][\"')\]]*$", sentence) is not None and \
+        sum(len(w) == 1 for w in words) <= 0.2 * len(words)
+
+
+def _mentions(sent, key: str) -> list:
+    """The spans of ``sent`` that mention ``key`` (whole words, any case), as `questions.mentioning` finds them."""
+    pattern = re.compile(questions.word_pattern(key).pattern, re.IGNORECASE)
+    found = (sent.doc.char_span(sent.start_char + m.start(), sent.start_char + m.end()) for m in pattern.finditer(sent.text))
+    return [span for span in found if span is not None]
+
+
+def _about(sent, mention) -> bool:
+    """Whether the mention is the subject of the sentence's main verb (the subject's head word is in it): the sentence
+    says something of X, rather than naming X in passing ("the ASCII representation of binary data is ...")."""
+    return any(child.dep_ in ("nsubj", "nsubjpass") and mention.start <= child.i < mention.end for child in sent.root.children)
+
+
+def _cited(sentence: str, key: str) -> bool:
+    """``key`` used as a citation ("Rousu and Shawe-Taylor (2005)", "Vilain et al., 1996") or as a run-in heading
+    ("Test design The first setup ..."): a name to cite, not a topic to describe."""
+    name = questions.word_pattern(key).pattern
+    return re.search(name + r"\.?(\s+et al\.?|\s+and\s+[A-Z][\w-]+)?\s*,?\s*\(?\s*(1[89]|20)\d\d", sentence) is not None or \
+        re.match(name + r"\s+[A-Z]", sentence) is not None
+
+
+def describe_test(ex: tasks.Excerpt, rng: random.Random) -> dict | None:
+    """"Describe X." over the whole excerpt, answered by every sentence of it that mentions X (one to three: the rule
+    and limits of `questions.describe`), for a specific X (`_specific`) that one of those sentences is about (X in its
+    subject), never cited, in clean sentences only."""
+    sents = [s for doc in ex.parsed for s in doc.sents]
+    texts = [" ".join(s.text.split()) for s in sents]
+    context = "\n".join(ex.paragraphs)
+    options = questions.topics(ex.parsed)
+    for name, key in rng.sample(options, len(options)):
+        hits = questions.mentioning(texts, key)
+        if not 1 <= len(hits) <= questions.MAX_DESCRIPTION_SENTENCES or not _nameable(name):
+            continue
+        reference = [texts[i] for i in hits]
+        mentions = [(sents[i], m) for i in hits for m in _mentions(sents[i], key)]
+        if len(" ".join(reference).split()) > questions.MAX_DESCRIPTION_WORDS or not mentions or \
+                not all(_clean(r) and r in context and not _cited(r, key) for r in reference) or \
+                not all(_specific(m) for _, m in mentions) or not any(_about(s, m) for s, m in mentions):
+            continue
+        name = re.sub(r"^The ", "the ", name)  # "The National Government" began a sentence
+        prompt = rng.choice(questions.DESCRIBE_TEMPLATES).format(x=name)
+        return _descriptive_line(ex, prompt, reference, "describe", topic=name)
+    return None
+
+
+# A "heading" that is a cut line of text: it ends on a function word or holds a verb ("Parameter Estimations based on",
+# "The actual encryption is done using the command").
+_FRAGMENT = re.compile(r"\b(on|of|in|to|by|for|with|and|or|the|a|an|based|using)$|\b(is|are|was|were|has|have|be)\b")
+
+
+def section_test(ex: tasks.Excerpt, rng: random.Random) -> dict | None:
+    """"Summarize the section on Y." over the whole excerpt, answered by the section's lead sentences (the package's
+    rule: `questions.section_summary`), kept only when they are clean text of 15 words or more."""
+    made = questions.section_summary(ex.paragraphs, ex.headings, rng) if ex.headings else None
+    if made is None:
+        return None
+    prompt, answer, heading = made
+    reference = questions.split_sentences(answer)
+    context = "\n".join(ex.paragraphs)
+    if len(answer.split()) < 15 or not all(_clean(r) and r in context for r in reference) or _FRAGMENT.search(heading):
+        return None
+    return _descriptive_line(ex, prompt, reference, "summarize_section", heading=heading)
+
+
+def _descriptive_line(ex: tasks.Excerpt, prompt: str, reference: list[str], task: str, **about) -> dict:
+    context, answer = "\n".join(ex.paragraphs), " ".join(reference)
+    return {"context": context, "prompt": prompt, "answer": answer, "reference_sentences": reference, "task": task,
+            "source": ex.source, "doc_id": ex.doc_id, "extractive": answer in context, **about}
+
+
+def _asks(line: dict) -> tuple[str, str]:
+    """What a descriptive line asks about, whatever its wording: (document, topic or heading)."""
+    return line["doc_id"], (line.get("topic") or line["heading"]).lower()
+
+
+def test_descriptive(excerpts: list[tasks.Excerpt], n: int, rng: random.Random) -> list[dict]:
+    """Descriptive questions over whole held-out excerpts (up to 3,000 words), ``n`` spread evenly over their sources
+    and over as many documents as each source has: sources that have headings alternate "Describe X." with "Summarize
+    the section on Y.", the others ask "Describe X." only. Answers are one to three sentences of the excerpt."""
+    by_source: dict[str, list[tasks.Excerpt]] = {}
+    for ex in excerpts:
+        by_source.setdefault(ex.source, []).append(ex)
+    names = sorted(by_source)
+    out: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for k, name in enumerate(names):
+        quota = n // len(names) + (k < n % len(names))
+        pool = rng.sample(by_source[name], len(by_source[name]))
+        made, turn = [], 0
+        for _ in range(6):  # rounds over the source's excerpts: one question per excerpt and round
+            for ex in pool:
+                if len(made) >= quota:
+                    break
+                maker = section_test if turn % 2 and ex.headings else describe_test
+                line = next((x for x in (maker(ex, rng) for _ in range(3)) if x and _asks(x) not in seen), None)
+                if line:
+                    seen.add(_asks(line))
+                    made.append(line)
+                    turn += 1
+        out += made
+    return out
+
+
 def _dedupe(examples: list[dict], n: int) -> list[dict]:
     seen, out = set(), []
     for e in examples:
@@ -229,11 +379,20 @@ def _dedupe(examples: list[dict], n: int) -> list[dict]:
     return out[:n]
 
 
-def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dict:
+def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2(), only: list[str] | None = None) -> dict:
+    """Write every file of `FILES` into ``out_dir`` and return the manifest; ``only`` names the files to (re)build (as
+    in the v1 `build`: the others are left untouched, each file is the same as in a full build)."""
+    unknown = sorted(set(only or ()) - set(FILES))
+    if unknown:
+        raise ValueError(f"unknown data file(s) {unknown}; choose from {list(FILES)}")
+
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # v1 test files by the v1 code and seeds (byte-identical to a v1 build); its manifest is replaced below
-    v1_manifest = build_v1(out, seed, sizes.v1, only=list(V1_TEST_FILES))
+    # v1 test files by the v1 code and seeds (byte-identical to a v1 build); the manifest is v2's, written below
+    v1_manifest = build_v1(out, seed, sizes.v1, only=[f for f in V1_TEST_FILES if wanted(f)], write_manifest=False)
     profiles = fb.load_profiles(sources.factbook_profiles())
     from . import MAX_TEST_COUNTRY_MENTIONS, N_EVAL_COUNTRIES, N_TEST_COUNTRIES, _country_mentions
     train_c, eval_c, test_c = fb.split_countries(profiles, N_TEST_COUNTRIES, N_EVAL_COUNTRIES, _rng(seed, "countries"),
@@ -301,14 +460,19 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2()) -> dic
 
     files["test_general_counterfactual.jsonl"] = counterfactual_test
     files["test_whole_document.jsonl"] = whole_test
-    written = {name: make() for name, make in files.items()}
     handwritten = handwritten_builder()
     if handwritten is not None:
-        written["test_handwritten.jsonl"] = handwritten.build()
+        files["test_handwritten.jsonl"] = handwritten.build
+    files[DESCRIPTIVE_FILE] = lambda: test_descriptive(test_ex, sizes.n_descriptive, _rng(seed, "v2-test-descriptive"))
+    written = {name: make() for name, make in files.items() if wanted(name)}
     for name, examples in written.items():
         _write(out / name, examples)
-    summaries = {name: v1_manifest["files"][name] for name in V1_TEST_FILES}
+    summaries = {name: v1_manifest["files"][name] for name in V1_TEST_FILES if name in v1_manifest["files"]}
     summaries.update({name: _summary(examples) for name, examples in written.items()})
+    if only is not None and (out / "manifest.json").exists():  # keep the entries of the files left untouched
+        previous = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["files"]
+        order = V1_TEST_FILES + tuple(name for name in FILES if name not in V1_TEST_FILES)  # a full build's order
+        summaries = {name: summaries.get(name, previous.get(name)) for name in order if name in summaries or name in previous}
     manifest = {
         "version": 2,
         "seed": seed,
