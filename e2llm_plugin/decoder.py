@@ -54,12 +54,12 @@ class Prompt:
     def num_tokens(self) -> int:
         return self.embeds.shape[1]
 
-    def attention_mask(self, length: int | None = None) -> torch.Tensor | None:
-        """(1, length) keys the positions after the prefix attend to, over the prompt and what is decoded after it
-        (`length`, default the prompt's): 0 at the hidden positions, 1 elsewhere. None when nothing is hidden."""
+    def attention_mask(self) -> torch.Tensor | None:
+        """(1, L) keys the positions after the prefix attend to: 0 at the hidden positions, 1 elsewhere (decoding
+        appends a 1 per token it reads). None when nothing is hidden."""
         if not self.hidden_prefix_positions:
             return None
-        mask = torch.ones(1, length or self.num_tokens, dtype=torch.long, device=self.embeds.device)
+        mask = torch.ones(1, self.num_tokens, dtype=torch.long, device=self.embeds.device)
         mask[0, list(self.hidden_prefix_positions)] = 0
         return mask
 
