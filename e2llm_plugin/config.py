@@ -27,6 +27,7 @@ EMBEDDED_DECODER = "embedded:SmolLM2-135M-Instruct"
 Mode = Literal["soft", "hybrid", "rag"]
 AdapterKind = Literal["vpma", "mlp"]
 Precision = Literal["auto", "fp32", "bf16"]
+Expansion = Literal["replace", "duplicate"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 ADAPTERS: tuple[str, ...] = typing.get_args(AdapterKind)
 
@@ -182,6 +183,12 @@ class E2LLMConfig:
     mode: Mode = setting("hybrid", help="how questions are read: soft, hybrid or rag")
     hybrid_raw_tokens: int = setting(512, help="decoder tokens of raw passages hybrid reads beside the soft tokens",
                                      flag=READING, low=0, high=1_000_000)
+    # REFRAG expands chosen chunks to raw text in place of their compressed embeddings. "replace" hides a raw
+    # passage's soft tokens from the question and the answer (the cached [template · soft tokens] prefix stays as it
+    # is); "duplicate" reads the chunk both ways, as the checkpoints trained before this option did.
+    hybrid_expansion: Expansion = setting("replace", help="how hybrid reads a chunk it expands to raw text: replace "
+                                          "(its soft tokens are hidden from the question and the answer) or duplicate "
+                                          "(read both as soft tokens and as raw text)", flag=READING)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
     generation: GenerationConfig = setting(factory=GenerationConfig, help="how answers are decoded (greedy by default)")
     encoder_batch_size: int = setting(32, help="chunks encoded per forward pass", low=1, high=65536)

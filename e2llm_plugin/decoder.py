@@ -40,10 +40,28 @@ class Prompt:
     labels: torch.Tensor | None = None
     # The first positions, [template · soft tokens], do not depend on the question: their KV cache can be reused.
     prefix_tokens: int = 0
+    # Positions of that prefix which no position after it attends to (hybrid's soft tokens of a chunk it reads as raw
+    # text instead). The prefix itself is read causally as it is, so its KV cache stays valid; the positions keep
+    # their numbers, so what follows reads as if the hidden ones were cut out of a prompt with a gap in it.
+    hidden_prefix_positions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(not 0 <= i < self.prefix_tokens for i in self.hidden_prefix_positions):
+            raise E2LLMError(f"hidden positions {self.hidden_prefix_positions} must lie in the prompt's prefix "
+                             f"(its first {self.prefix_tokens} positions)")
 
     @property
     def num_tokens(self) -> int:
         return self.embeds.shape[1]
+
+    def attention_mask(self) -> torch.Tensor | None:
+        """(1, L) keys the positions after the prefix attend to: 0 at the hidden positions, 1 elsewhere (decoding
+        appends a 1 per token it reads). None when nothing is hidden."""
+        if not self.hidden_prefix_positions:
+            return None
+        mask = torch.ones(1, self.num_tokens, dtype=torch.long, device=self.embeds.device)
+        mask[0, list(self.hidden_prefix_positions)] = 0
+        return mask
 
     @property
     def target_ids(self) -> torch.Tensor:
@@ -140,10 +158,13 @@ class Decoder(nn.Module):
         return self.model.get_input_embeddings()(ids[:max_tokens] if max_tokens is not None else ids)
 
     def build_prompt(self, soft: torch.Tensor, instruction: str, raw: str | None = None, target: str | None = None,
-                     max_new_tokens: int = 0, history: list[dict] | None = None, cacheable: bool = False) -> Prompt:
+                     max_new_tokens: int = 0, history: list[dict] | None = None, cacheable: bool = False,
+                     hidden: Collection[int] = ()) -> Prompt:
         """soft: (num_soft_tokens, d). Returns the prompt embeddings, with labels when a target is given.
         `cacheable`: mark [template · soft tokens] (in soft mode, on to the question's own words) as a prefix whose KV
-        cache `generate_ids` may reuse for other questions.
+        cache `generate_ids` may reuse for other questions. `hidden`: rows of `soft` that the positions after
+        [template · soft tokens] do not see (`Prompt.hidden_prefix_positions`); a prompt that hides some always marks
+        that prefix, training prompts included.
 
         The paper's prompt is the last user turn, as in training; earlier chat turns (system included) come first."""
         def ids(instruction: str) -> list[torch.Tensor]:
@@ -155,7 +176,7 @@ class Decoder(nn.Module):
         shared = 0
         # In soft mode the cacheable prefix runs on through the instruction's fixed words, found by tokenizing another
         # question (so it is exact). Raw passages change with the question: hybrid caches [template · soft] only.
-        if cacheable and not raw:
+        if cacheable and not raw and not hidden:
             lead = ANSWER_INSTRUCTION.split("{question}")[0]
             other = ids((lead if instruction.startswith(lead) else "") + "\u2063")[1]
             while shared < min(len(suffix_ids), len(other)) - 1 and suffix_ids[shared] == other[shared]:
@@ -172,7 +193,11 @@ class Decoder(nn.Module):
         if target is not None:
             labels = torch.full(embeds.shape[:2], -100, dtype=torch.long, device=self.device)
             labels[0, embeds.shape[1] - len(target_ids) :] = target_ids
-        return Prompt(embeds, labels, prefix_tokens=len(prefix_ids) + len(soft) + shared if cacheable else 0)
+        if any(not 0 <= i < len(soft) for i in hidden):
+            raise E2LLMError(f"hidden soft-token rows {sorted(hidden)} must index the {len(soft)} soft tokens")
+        prefix = len(prefix_ids) + len(soft)
+        return Prompt(embeds, labels, prefix_tokens=prefix + shared if cacheable or hidden else 0,
+                      hidden_prefix_positions=tuple(len(prefix_ids) + i for i in sorted(set(hidden))))
 
     def chat_prompt(self, messages: list[dict], max_new_tokens: int = 0) -> Prompt:
         """A plain chat prompt, no soft tokens: the decoder as an ordinary chat model."""
@@ -223,9 +248,12 @@ class Decoder(nn.Module):
         width = max(p.num_tokens for p in prompts)
         pad = prompts[0].embeds.new_zeros(1, 1, self.dim)
         embeds = torch.cat([torch.cat([p.embeds, pad.expand(1, width - p.num_tokens, -1)], dim=1) for p in prompts])
-        mask = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        for i, p in enumerate(prompts):
-            mask[i, : p.num_tokens] = 1
+        if any(p.hidden_prefix_positions for p in prompts):
+            mask = attention_bias(prompts, width, embeds.dtype)
+        else:  # padding only: transformers builds the causal mask
+            mask = torch.zeros(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            for i, p in enumerate(prompts):
+                mask[i, : p.num_tokens] = 1
         states = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         # The position before each target token predicts it.
         rows = [states[i, p.num_tokens - len(p.target_ids) - 1 : p.num_tokens - 1] for i, p in enumerate(prompts)]
@@ -248,8 +276,9 @@ class Decoder(nn.Module):
             rng.manual_seed(generation.seed if generation.seed is not None else int(torch.randint(2**62, ()).item()))
         model = self.inference_copy.get() if self.lora_active else self.model  # base_decoder(): the adapter is off
         cache, rest = self._prefix(model, prompt, prefix_cache)
+        mask = prompt.attention_mask()  # over [prefix + new keys]: hides what the prompt hides from all after its prefix
         # logits_to_keep=1: the prefill needs the next-token logits only, not (L x vocab) of them.
-        out = model(inputs_embeds=rest, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(inputs_embeds=rest, cache=cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
         answer: list[int] = []
         for _ in range(max_new_tokens):
             token = next_token(out.logits[0, -1].float().cpu(), answer, generation, rng, self.stop_ids)
@@ -260,7 +289,9 @@ class Decoder(nn.Module):
             if len(answer) == max_new_tokens:
                 return
             ids = torch.tensor([[token]], device=self.device)
-            out = model(input_ids=ids, cache=out.cache, use_cache=True, logits_to_keep=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            out = model(input_ids=ids, cache=out.cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
 
     def _prefix(self, model: nn.Module, prompt: Prompt, prefix_cache: PrefixCache | None):
         """The KV cache after the prompt's prefix (one decoding may extend: the stored one stays as it was) and the
@@ -304,6 +335,21 @@ class Decoder(nn.Module):
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
         if cut > emitted:
             yield text[emitted:cut]
+
+
+def attention_bias(prompts: list[Prompt], width: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (batch, 1, width, width) additive attention mask of prompts right-padded to `width`, read in one forward
+    as generation reads each: causal, no padding keys, and each prompt's hidden prefix positions unseen from the end of
+    its prefix on. Additive (0 or the dtype's lowest), as both the eager and the SDPA attention of transformers take a
+    4-D mask as given."""
+    device = prompts[0].embeds.device
+    query, key = torch.arange(width, device=device)[:, None], torch.arange(width, device=device)[None]
+    allowed = (key <= query).repeat(len(prompts), 1, 1)
+    for i, p in enumerate(prompts):
+        allowed[i, :, p.num_tokens :] = False
+        allowed[i, p.prefix_tokens :, list(p.hidden_prefix_positions)] = False
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return bias.unsqueeze(1)
 
 
 def fork(cache):

@@ -9,6 +9,9 @@ bench. A new mode is one reader class and one line in `READERS`.
 - ``soft``: every chunk as its soft tokens (the paper); if they overflow the decoder's window, the chunks most similar
   to the question that fit.
 - ``hybrid``: the same, plus the raw text of the most similar chunks within a token budget, after the soft tokens.
+  A chunk read as raw text is read once (`hybrid_expansion="replace"`, REFRAG's expansion): its soft tokens stay in
+  the cacheable [template · soft tokens] prefix, computed as they are, and are hidden from every position after it
+  (`Prompt.hidden_prefix_positions`), so one prefix KV cache serves every question. `"duplicate"` reads it both ways.
 - ``rag``: only the raw text of the most similar chunks, in the soft tokens' place (the classic baseline).
 
 A reader returns a `Reading`: the prompt, the passages read as raw text, how many chunks it read, and the ranking of
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from .config import Mode, check_mode
+from .config import Expansion, Mode, check_mode
 from .decoder import ANSWER_INSTRUCTION, PASSAGES_HEADING, Prompt
-from .errors import ContextOverflowError, E2LLMError
+from .errors import ConfigError, ContextOverflowError, E2LLMError
 
 if TYPE_CHECKING:
     from .context import CompressedContext
@@ -89,10 +93,16 @@ class SoftReader(Reader):
         read = self._chunks_that_fit(model, context, ranking, instruction, raw, max_new_tokens, history,
                                      training=target is not None)
         soft = (context.soft_tokens if len(read) == context.num_chunks else context.soft_tokens[read]).flatten(0, 1)
+        hidden = self.hidden_rows(model, passages, read, context.soft_tokens.shape[1])
         prompt = model.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens,
-                                            history=history, cacheable=target is None)
+                                            history=history, cacheable=target is None, hidden=hidden)
         ranked = ranking() if ranking.cache_info().currsize else None
         return Reading(self.mode, prompt, passages, len(read), ranked)
+
+    def hidden_rows(self, model: E2LLM, passages: Ranking, read: list[int], k: int) -> list[int]:
+        """Rows of the soft tokens read (`read`'s chunks, k rows each) that the question and the answer do not see:
+        none."""
+        return []
 
     @staticmethod
     def _chunks_that_fit(model: E2LLM, context: CompressedContext, ranking: Callable[[], Ranking], instruction: str,
@@ -122,6 +132,18 @@ class HybridReader(SoftReader):
         """The most similar chunks within the raw budget (the config's `hybrid_raw_tokens` unless `raw_tokens`)."""
         budget = model.config.hybrid_raw_tokens if raw_tokens is None else raw_tokens
         return fit_passages(model, context, ranking(), budget, exclude, include) if budget > 0 else []
+
+    def hidden_rows(self, model, passages, read, k) -> list[int]:
+        """With `hybrid_expansion="replace"`, the soft tokens of the chunks read as raw passages: each chunk is read
+        once, its raw text in place of its soft tokens. Their positions stay in the cacheable prefix (computed as they
+        are, so one prefix serves every question) and are hidden from everything after it."""
+        expansion = model.config.hybrid_expansion
+        if expansion not in typing.get_args(Expansion):
+            raise ConfigError(f"hybrid_expansion must be one of {typing.get_args(Expansion)}, got {expansion!r}")
+        if expansion == "duplicate":
+            return []
+        expanded = {i for i, _ in passages}
+        return [row * k + j for row, chunk in enumerate(read) if chunk in expanded for j in range(k)]
 
     def positions(self, model, num_chunks) -> int:
         raw = model.config.hybrid_raw_tokens

@@ -332,6 +332,13 @@ def test_generation_options_reach_every_method(tiny_checkpoint, data_files, tmp_
     assert main(argv[:-1] + ["no_repeat_ngram_size"]) == 2
 
 
+def test_hybrid_expansion_is_chosen_per_run(tiny_checkpoint, data_files, tmp_path):
+    argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[1]), "--methods", "hybrid", "--max-new-tokens", "2"]
+    for expansion in ("duplicate", "replace"):
+        assert main([*argv, "--out", str(tmp_path / expansion), "--hybrid-expansion", expansion]) == 0
+        assert json.loads((tmp_path / expansion / "results.json").read_text())["config"]["hybrid_expansion"] == expansion
+
+
 @pytest.mark.slow
 def test_shipped_checkpoint_end_to_end(tmp_path):
     from pathlib import Path
