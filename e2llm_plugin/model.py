@@ -301,7 +301,7 @@ class E2LLM(
         try:
             return self.store.get_many(fingerprint, texts)
         except StoreError as err:
-            logger.warning("compressed-chunk store unavailable (%s); compressing without it", err)
+            logger.warning("the compressed store is unavailable (%s); carrying on without it", err)
             return {}
 
     def _store_put(self, fingerprint: str, texts: list[str], tensors: list[dict[str, torch.Tensor]]) -> None:
@@ -310,7 +310,7 @@ class E2LLM(
         try:
             self.store.put_many(fingerprint, texts, tensors)
         except StoreError as err:
-            logger.warning("compressed-chunk store unavailable (%s); compressing without it", err)
+            logger.warning("the compressed store is unavailable (%s); carrying on without it", err)
 
     def fingerprint(self) -> str:
         """Digest of everything that shapes a chunk's soft tokens and retrieval embedding (the encoder, its LoRA, the
