@@ -17,7 +17,8 @@ like with like:
   the text the bench process compressed, from the store (chunks and the soft-token prefix's KV cache), against the
   bench process's uncached time (it compressed the text);
 - at the `--batch-at` sizes, questions per second on one cached context in soft mode, for 1, 4 and 16 questions asked
-  one after another (`generate`) and together (`answer_many`), and whether the answers are the same;
+  one after another (`generate`) and together (`answer_many`), whether the answers are the same, and what reading the
+  questions alone costs each way (answers of one token);
 - peak RSS of the process so far, and the encoder's throughput against the plain (unmerged fp32 LoRA) forward.
 
 Writes OUT/bench.json, OUT/bench.md (the tables the README shows) and OUT/ttft.png, and prints the Markdown.
@@ -211,19 +212,25 @@ def new_process(checkpoint: str | None, store: Path, text: str, scratch: Path) -
 
 def questions_per_second(model, context) -> dict:
     """For each N of BATCHES: N questions over `context` (its prefix cached) answered one after another and together,
-    in questions per second, and whether the answers are the same."""
+    in questions per second, whether the answers are the same, and the seconds each way takes to read the questions
+    alone (answers of one token: the prompts after the cached prefix, and the first token)."""
     model.generate(MANY_QUESTIONS[0], context=context, mode="soft")  # the prefix in memory, as for a second question
     rows = {}
     for n in BATCHES:
         questions = MANY_QUESTIONS[:n]
-        start = time.perf_counter()
-        alone = [model.generate(q, context=context, mode="soft") for q in questions]
-        sequential = time.perf_counter() - start
-        start = time.perf_counter()
-        together = ["".join(answer) for answer in model.answer_many(questions, context=context, mode="soft")]
-        batched = time.perf_counter() - start
-        rows[str(n)] = {"sequential_qps": n / sequential, "batched_qps": n / batched, "identical": together == alone,
-                        "answer_tokens": sorted(model.count_tokens(a) for a in alone)}
+        seconds, texts = {}, {}
+        for limit in (None, 1):
+            start = time.perf_counter()
+            texts["alone", limit] = [model.generate(q, context=context, mode="soft", max_new_tokens=limit) for q in questions]
+            seconds["alone", limit] = time.perf_counter() - start
+            start = time.perf_counter()
+            texts["together", limit] = ["".join(answer) for answer in model.answer_many(questions, context=context,
+                                                                                        mode="soft", max_new_tokens=limit)]
+            seconds["together", limit] = time.perf_counter() - start
+        rows[str(n)] = {"sequential_qps": n / seconds["alone", None], "batched_qps": n / seconds["together", None],
+                        "identical": texts["alone", None] == texts["together", None],
+                        "answer_tokens": sorted(model.count_tokens(a) for a in texts["alone", None]),
+                        "sequential_first_token_s": seconds["alone", 1], "batched_first_token_s": seconds["together", 1]}
     return rows
 
 
@@ -343,14 +350,15 @@ def markdown(results: dict) -> str:
         lines += ["", "Questions per second on one cached context (soft mode, its prefix cached; answers of up to "
                   f"{results['setup']['max_new_tokens']} tokens): asked one after another (`generate`) and together "
                   "(`answer_many`):", "",
-                  "| decoder tokens | questions | one by one | together | speed-up | same answers | answer tokens |",
-                  "|---:|---:|---:|---:|---:|---|---|"]
+                  "| decoder tokens | questions | one by one | together | speed-up | same answers | answer tokens | "
+                  "reading the questions (one by one / together) |", "|---:|---:|---:|---:|---:|---|---|---|"]
         for row in batched:
             for n, q in row["questions_per_second"].items():
                 tokens = q["answer_tokens"]
                 lines.append(f"| {row['tokens']:,} | {n} | {q['sequential_qps']:.2f} q/s | {q['batched_qps']:.2f} q/s | "
                              f"{q['batched_qps'] / q['sequential_qps']:.1f}x | {'yes' if q['identical'] else 'no'} | "
-                             f"{min(tokens)}-{max(tokens)} |")
+                             f"{min(tokens)}-{max(tokens)} | {_s(q['sequential_first_token_s'])} / "
+                             f"{_s(q['batched_first_token_s'])} |")
     enc = results["encoder"]
     lines += ["", f"Encoder + adapter throughput: {enc['inference_tokens_per_s']:,} tokens/s (LoRA merged, "
               f"{s['encoder_dtype']}) against {enc['plain_tokens_per_s']:,} tokens/s for the plain forward (LoRA "

@@ -29,7 +29,8 @@ def test_bench_measures_every_stage_and_writes_its_report(tiny_checkpoint, tmp_p
     assert new["stages"]["store"] > 0 and "new_process" not in small
     rates = small["questions_per_second"]
     assert list(rates) == ["1", "4", "16"] and "questions_per_second" not in large
-    assert all(r["sequential_qps"] > 0 and r["batched_qps"] > 0 and r["identical"] for r in rates.values())
+    assert all(r["sequential_qps"] > 0 and r["batched_qps"] > 0 and r["identical"] and r["batched_first_token_s"] > 0
+               for r in rates.values())
     report = (out / "bench.md").read_text()
     assert "| decoder tokens |" in report and (out / "ttft.png").stat().st_size > 1000
     assert "| decoder tokens | compressing process | new process |" in report and re.search(r"\| [\d,]+ \| 16 \| ", report)
