@@ -318,7 +318,8 @@ class Decoder(nn.Module):
         rests = [prompt.embeds[0, n:] for prompt in prompts]
         width = max(len(rest) for rest in rests)
         embeds = torch.stack([nn.functional.pad(rest, (0, 0, width - len(rest), 0)) for rest in rests])
-        # The keys each row reads: the prefix's, then its own rest's (not the padding before it), then its answer's.
+        # The keys each row reads: the prefix's, then its own rest's (not the padding before it), then its answer's. Per
+        # row, so a row can be kept from prefix positions the others read.
         keys = torch.ones(len(prompts), n + width, dtype=torch.long, device=self.device)
         for row, rest in enumerate(rests):
             keys[row, n : n + width - len(rest)] = 0
