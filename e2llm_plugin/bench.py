@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -302,7 +303,7 @@ def encoder_throughput(model, text: str) -> dict:
 
 def markdown(results: dict) -> str:
     s = results["setup"]
-    lines = [f"Measured by `python -m e2llm_plugin.bench {' '.join(s['argv'])}` on {s['machine']}, {s['threads']} torch "
+    lines = [f"Measured by `python -m e2llm_plugin.bench {shlex.join(s['argv'])}` on {s['machine']}, {s['threads']} torch "
              f"threads, {s['date']}; one run, each figure one measurement (the machine is shared: expect noise). Time to "
              "first token; full prefill is E2LLM's own decoder (with its LoRA) reading the text, the base decoder's in "
              "brackets; store-cached is a new context served by the store, prefix-cached a second question on it (the median "
@@ -317,15 +318,16 @@ def markdown(results: dict) -> str:
         lines.append(f"| {row['tokens']:,} | {row['chunks']:,} | {_s(full)}{base} | {_s(row['soft_uncached_s'])} | "
                      f"{_s(row['soft_store_cached_s'])} | {_s(row['soft_prefix_cached_s'])} | {ratio} | "
                      f"{row['peak_rss_mb']:,} MB |")
-    lines += ["", "Hybrid and RAG (time to first token; hybrid reads every chunk's soft tokens plus raw passages, RAG the "
-              "passages alone in as many positions):", "",
-              "| decoder tokens | hybrid uncached | RAG uncached | hybrid store-cached | hybrid prefix-cached | "
-              "chunks read |", "|---:|---:|---:|---:|---:|---:|"]
-    for row in results["rows"]:
-        if "hybrid_uncached_s" in row:
-            lines.append(f"| {row['tokens']:,} | {_s(row['hybrid_uncached_s'])} | {_s(row['rag_uncached_s'])} | "
-                         f"{_s(row['hybrid_store_cached_s'])} | {_s(row['hybrid_prefix_cached_s'])} | "
-                         f"{row['hybrid_chunks_read']:,} of {row['chunks']:,} |")
+    hybrid = [row for row in results["rows"] if "hybrid_uncached_s" in row]
+    if hybrid:
+        lines += ["", "Hybrid and RAG (time to first token; hybrid reads every chunk's soft tokens plus raw passages, RAG "
+                  "the passages alone in as many positions):", "",
+                  "| decoder tokens | hybrid uncached | RAG uncached | hybrid store-cached | hybrid prefix-cached | "
+                  "chunks read |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in hybrid:
+        lines.append(f"| {row['tokens']:,} | {_s(row['hybrid_uncached_s'])} | {_s(row['rag_uncached_s'])} | "
+                     f"{_s(row['hybrid_store_cached_s'])} | {_s(row['hybrid_prefix_cached_s'])} | "
+                     f"{row['hybrid_chunks_read']:,} of {row['chunks']:,} |")
     lines += ["", "Where uncached soft-mode time goes (seconds):", "",
               "| decoder tokens | chunking | encoder | adapter | store | counting | prefill + first token |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
