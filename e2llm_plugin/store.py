@@ -1,10 +1,10 @@
 """A persistent store of compressed chunks: compress a document once, ask it many questions, across runs and processes.
 
-It holds two kinds of entries, alike to the store: a chunk's soft tokens and retrieval embedding, under the model's
+It holds two kinds of entries, which it treats alike: a chunk's soft tokens and retrieval embedding, under the model's
 `fingerprint()` and keyed by the chunk's text; and the decoder's KV cache of a context's prompt prefix ([template · soft
 tokens]), under the decoder's own fingerprint and keyed by the prefix's digest, so that a new process answering about a
-stored context reads it instead of prefilling it (for SmolLM2, 46 KB per position: 55 MB for the 1,200 soft tokens of a
-100k-token document, which take seconds to prefill).
+stored context reads it instead of prefilling it (for SmolLM2, 46,080 bytes per position: 57 MB for the 1,242-position
+prefix of a 100k-token document, which takes seconds to prefill).
 
 One SQLite file (the standard library's `sqlite3`) holds one entry per key text and fingerprint:
 
