@@ -289,7 +289,8 @@ class Decoder(nn.Module):
         follows it, left-padded to the longest, with its own positions and an attention mask over [prefix keys · rest
         keys · generated keys] that hides the padding; a row leaves the batch at its own stop token, stop string or
         limit. So N questions cost one prefill of the prefix (none if cached), one forward over their rests, and one
-        forward per token of the longest answer, each a few rows wide (where a row costs little more than one)."""
+        forward per token of the longest answer, each as many rows wide as answers go on: one-row products read every
+        weight for one row's work, which a batch shares."""
         generation = generation or GenerationConfig()
         stop = [s for s in (stop or []) if s]
         model = self._reader()

@@ -215,3 +215,21 @@ def test_any_store_keeps_prefixes_through_the_protocol(tiny_checkpoint, monkeypa
     forwards = count_forwards(second, monkeypatch)
     assert second.generate(QUESTION, documents=DOCS, mode="soft", max_new_tokens=6) == answer
     assert "prefix" not in forwards
+
+
+# ---- the real models -------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_shipped_model_answers_from_a_stored_prefix_as_from_a_prefilled_one(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "examples" / "factbook_finland.txt").read_text(encoding="utf-8")
+    questions = ["What is the capital of Finland?", "What is the GDP of Finland?"]
+    first = E2LLM.from_pretrained(store=tmp_path / "s.sqlite")
+    prefilled = {mode: [first.generate(q, documents=[text], mode=mode, max_new_tokens=24) for q in questions]
+                 for mode in ("soft", "hybrid")}
+    second = E2LLM.from_pretrained(store=tmp_path / "s.sqlite")
+    forwards = count_forwards(second, monkeypatch)
+    for mode, answers in prefilled.items():
+        assert [second.generate(q, documents=[text], mode=mode, max_new_tokens=24) for q in questions] == answers
+    assert "prefix" not in forwards and forwards.count("rest") == 4
