@@ -13,6 +13,12 @@ like with like:
 - prefix-cached: a second question over the same context: the soft-token prefix's KV cache is reused (the median of
   five, where one takes under two seconds);
 - at the `--hybrid-at` sizes, hybrid (uncached and cached) and RAG (the same encoder ranks, raw passages only);
+- at the `--process-at` sizes, a new process: a subprocess loads the model, warms up on other text, and answers about
+  the text the bench process compressed, from the store (chunks and the soft-token prefix's KV cache), against the
+  bench process's uncached time (it compressed the text);
+- at the `--batch-at` sizes, questions per second on one cached context in soft mode, for 1, 4 and 16 questions asked
+  one after another (`generate`) and together (`answer_many`), whether the answers are the same, and what reading the
+  questions alone costs each way (answers of one token);
 - peak RSS of the process so far, and the encoder's throughput against the plain (unmerged fp32 LoRA) forward.
 
 Writes OUT/bench.json, OUT/bench.md (the tables the README shows) and OUT/ttft.png, and prints the Markdown.
@@ -23,8 +29,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import resource
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +47,13 @@ from .reading import RagReader, reader_for
 from .store import CompressedStore
 
 QUESTIONS = ("What does the speaker say about the economy?", "Which countries are mentioned, and why?")
+#: Asked together on one context (`--batch-at`): the first N of them for each of BATCHES.
+MANY_QUESTIONS = (*QUESTIONS, "What is said about taxes?", "Who is thanked?", "What is promised to veterans?",
+                  "What does the speaker say about schools?", "Which laws are proposed?", "What is said about energy?",
+                  "What is said about health care?", "Which wars are mentioned?", "What is said about farmers?",
+                  "What does the speaker ask of Congress?", "What is said about immigration?", "Which cities are named?",
+                  "What is said about the budget?", "How does the speech end?")
+BATCHES = (1, 4, 16)
 
 
 def token_counts(value: str) -> list[int]:
@@ -63,11 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", type=token_counts, default="32768,100000,131072,1000000", help="sizes E2LLM reads alone")
     p.add_argument("--hybrid-at", type=token_counts, default=None,
                    help="sizes also read in hybrid mode and by RAG, among the others (default: 8192,100000 where measured)")
+    p.add_argument("--process-at", type=token_counts, default=None,
+                   help="sizes a new process answers from the store, among the others (default: 100000 where measured)")
+    p.add_argument("--batch-at", type=token_counts, default=None,
+                   help="sizes where 1, 4 and 16 questions are answered one by one and together, among the others "
+                        "(default: 8192 where measured)")
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md and ttft.png")
     return p
 
 
-DEFAULT_HYBRID_AT = {8192, 100000}
+#: The sizes each `--...-at` option takes where not given (those measured, among them).
+DEFAULT_AT = {"hybrid_at": {8192, 100000}, "process_at": {100000}, "batch_at": {8192}}
 
 
 def check_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, str]:
@@ -80,11 +102,13 @@ def check_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, str]:
     measured = set(args.sizes) | set(args.long)
     if not measured:
         parser.error("--sizes and --long are both empty: give at least one size to measure")
-    if args.hybrid_at is None:
-        args.hybrid_at = DEFAULT_HYBRID_AT & measured
-    elif not set(args.hybrid_at) <= measured:
-        parser.error(f"--hybrid-at {sorted(set(args.hybrid_at) - measured)} is not among the sizes measured "
-                     f"({sorted(measured)}); add it to --sizes or --long")
+    for name, default in DEFAULT_AT.items():
+        given = getattr(args, name)
+        if given is None:
+            setattr(args, name, default & measured)
+        elif not set(given) <= measured:
+            parser.error(f"--{name.replace('_', '-')} {sorted(set(given) - measured)} is not among the sizes measured "
+                         f"({sorted(measured)}); add it to --sizes or --long")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} is a file; name a directory for bench.json, bench.md and ttft.png")
@@ -152,7 +176,67 @@ def settled_first_token(model, start_answer, repeats: int = 5, quick: float = 2.
     return sorted(seconds)[len(seconds) // 2]
 
 
-def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path: Path) -> dict:
+def answer_from_store(checkpoint: str | None, store: str, text: str, question: str) -> dict:
+    """In a new process: load the model with the store at `store`, warm up on other text (as the bench process did),
+    then time the answer to `question` about the text in the file `text`, to its first token (soft mode)."""
+    from .model import E2LLM
+
+    start = time.perf_counter()
+    model = E2LLM.from_pretrained(checkpoint, store=store)
+    kept, model.store = model.store, None  # the warm-up leaves nothing in the store
+    first_token(model, lambda: model.answer("What is this about?", documents=[WARM_UP], max_new_tokens=1))
+    model.store = kept
+    ready = time.perf_counter() - start
+    document = Path(text).read_text(encoding="utf-8")
+    seconds, stages = first_token(model, lambda: model.answer(question, documents=[document], mode="soft",
+                                                              max_new_tokens=1))
+    return {"load_and_warm_up_s": ready, "first_token_s": seconds, "stages": stages}
+
+
+WARM_UP = "A short text, unrelated to the corpus, that a new process reads once before it is timed. " * 12
+
+
+def new_process(checkpoint: str | None, store: Path, text: str, scratch: Path) -> dict:
+    """`answer_from_store` in a subprocess of this Python, over `text` (written to a file in `scratch`)."""
+    path = scratch / "document.txt"
+    path.write_text(text, encoding="utf-8")
+    arguments = json.dumps([checkpoint, str(store), str(path), QUESTIONS[0]])
+    code = ("import json, sys; from e2llm_plugin import bench; "
+            "print(json.dumps(bench.answer_from_store(*json.loads(sys.argv[1]))))")
+    package_root = str(Path(__file__).resolve().parent.parent)  # this copy of the package, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", code, arguments], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise E2LLMError(f"the new process failed ({run.returncode}): {run.stderr.strip()[-2000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def questions_per_second(model, context) -> dict:
+    """For each N of BATCHES: N questions over `context` (its prefix cached) answered one after another and together,
+    in questions per second, whether the answers are the same, and the seconds each way takes to read the questions
+    alone (answers of one token: the prompts after the cached prefix, and the first token)."""
+    model.generate(MANY_QUESTIONS[0], context=context, mode="soft")  # the prefix in memory, as for a second question
+    rows = {}
+    for n in BATCHES:
+        questions = MANY_QUESTIONS[:n]
+        seconds, texts = {}, {}
+        for limit in (None, 1):
+            start = time.perf_counter()
+            texts["alone", limit] = [model.generate(q, context=context, mode="soft", max_new_tokens=limit) for q in questions]
+            seconds["alone", limit] = time.perf_counter() - start
+            start = time.perf_counter()
+            texts["together", limit] = ["".join(answer) for answer in model.answer_many(questions, context=context,
+                                                                                        mode="soft", max_new_tokens=limit)]
+            seconds["together", limit] = time.perf_counter() - start
+        rows[str(n)] = {"sequential_qps": n / seconds["alone", None], "batched_qps": n / seconds["together", None],
+                        "identical": texts["alone", None] == texts["together", None],
+                        "answer_tokens": sorted(model.count_tokens(a) for a in texts["alone", None]),
+                        "sequential_first_token_s": seconds["alone", 1], "batched_first_token_s": seconds["together", 1]}
+    return rows
+
+
+def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path: Path, *, checkpoint: str | None = None,
+            process: bool = False, batch: bool = False) -> dict:
     row: dict = {}
     q1, q2 = QUESTIONS
     if baseline:  # the decoder reads the raw text itself, as much as fits its window beside the prompt
@@ -180,6 +264,10 @@ def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path
         context = contexts[mode]
         row.update(tokens=context.num_source_tokens, chunks=context.num_chunks)
         row[f"{mode}_chunks_read"] = model.answer(q2, context=context, mode=mode, max_new_tokens=1).chunks_read
+        if mode == "soft" and process:  # while the store holds what this process compressed
+            row["new_process"] = new_process(checkpoint, store_path, text, store_path.parent)
+        if mode == "soft" and batch:
+            row["questions_per_second"] = questions_per_second(model, context)
         model.store.clear()  # the next mode starts uncached again
     if any(reader_for(mode).reads_raw for mode in modes):  # against classic RAG: chunk, embed, rank, read the best raw
         def rag():
@@ -215,7 +303,7 @@ def encoder_throughput(model, text: str) -> dict:
 
 def markdown(results: dict) -> str:
     s = results["setup"]
-    lines = [f"Measured by `python -m e2llm_plugin.bench {' '.join(s['argv'])}` on {s['machine']}, {s['threads']} torch "
+    lines = [f"Measured by `python -m e2llm_plugin.bench {shlex.join(s['argv'])}` on {s['machine']}, {s['threads']} torch "
              f"threads, {s['date']}; one run, each figure one measurement (the machine is shared: expect noise). Time to "
              "first token; full prefill is E2LLM's own decoder (with its LoRA) reading the text, the base decoder's in "
              "brackets; store-cached is a new context served by the store, prefix-cached a second question on it (the median "
@@ -230,15 +318,16 @@ def markdown(results: dict) -> str:
         lines.append(f"| {row['tokens']:,} | {row['chunks']:,} | {_s(full)}{base} | {_s(row['soft_uncached_s'])} | "
                      f"{_s(row['soft_store_cached_s'])} | {_s(row['soft_prefix_cached_s'])} | {ratio} | "
                      f"{row['peak_rss_mb']:,} MB |")
-    lines += ["", "Hybrid and RAG (time to first token; hybrid reads every chunk's soft tokens plus raw passages, RAG the "
-              "passages alone in as many positions):", "",
-              "| decoder tokens | hybrid uncached | RAG uncached | hybrid store-cached | hybrid prefix-cached | "
-              "chunks read |", "|---:|---:|---:|---:|---:|---:|"]
-    for row in results["rows"]:
-        if "hybrid_uncached_s" in row:
-            lines.append(f"| {row['tokens']:,} | {_s(row['hybrid_uncached_s'])} | {_s(row['rag_uncached_s'])} | "
-                         f"{_s(row['hybrid_store_cached_s'])} | {_s(row['hybrid_prefix_cached_s'])} | "
-                         f"{row['hybrid_chunks_read']:,} of {row['chunks']:,} |")
+    hybrid = [row for row in results["rows"] if "hybrid_uncached_s" in row]
+    if hybrid:
+        lines += ["", "Hybrid and RAG (time to first token; hybrid reads every chunk's soft tokens plus raw passages, RAG "
+                  "the passages alone in as many positions):", "",
+                  "| decoder tokens | hybrid uncached | RAG uncached | hybrid store-cached | hybrid prefix-cached | "
+                  "chunks read |", "|---:|---:|---:|---:|---:|---:|"]
+    for row in hybrid:
+        lines.append(f"| {row['tokens']:,} | {_s(row['hybrid_uncached_s'])} | {_s(row['rag_uncached_s'])} | "
+                     f"{_s(row['hybrid_store_cached_s'])} | {_s(row['hybrid_prefix_cached_s'])} | "
+                     f"{row['hybrid_chunks_read']:,} of {row['chunks']:,} |")
     lines += ["", "Where uncached soft-mode time goes (seconds):", "",
               "| decoder tokens | chunking | encoder | adapter | store | counting | prefill + first token |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -246,6 +335,32 @@ def markdown(results: dict) -> str:
         st = row["soft_stages"]
         lines.append(f"| {row['tokens']:,} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in
                      ("chunking", "encoder", "adapter", "store", "counting", "prefill_and_first_token")) + " |")
+    processes = [row for row in results["rows"] if "new_process" in row]
+    if processes:
+        lines += ["", "A new process answering about a stored context (soft mode): a subprocess loads the model, warms up "
+                  "on other text, and reads the text the bench process compressed from the store (its chunks and the "
+                  "KV cache of its soft-token prefix), against the bench process, which compressed it (uncached):", "",
+                  "| decoder tokens | compressing process | new process | sooner by | new process: load + warm-up | "
+                  "new process: chunking, store, counting |", "|---:|---:|---:|---:|---:|---|"]
+        for row in processes:
+            new, stages = row["new_process"], row["new_process"]["stages"]
+            lines.append(f"| {row['tokens']:,} | {_s(row['soft_uncached_s'])} | {_s(new['first_token_s'])} | "
+                         f"{row['soft_uncached_s'] / new['first_token_s']:.1f}x | {_s(new['load_and_warm_up_s'])} | "
+                         + ", ".join(f"{stages.get(k, 0.0):.2f}" for k in ("chunking", "store", "counting")) + " s |")
+    batched = [row for row in results["rows"] if "questions_per_second" in row]
+    if batched:
+        lines += ["", "Questions per second on one cached context (soft mode, its prefix cached; answers of up to "
+                  f"{results['setup']['max_new_tokens']} tokens): asked one after another (`generate`) and together "
+                  "(`answer_many`):", "",
+                  "| decoder tokens | questions | one by one | together | speed-up | same answers | answer tokens | "
+                  "reading the questions (one by one / together) |", "|---:|---:|---:|---:|---:|---|---|---|"]
+        for row in batched:
+            for n, q in row["questions_per_second"].items():
+                tokens = q["answer_tokens"]
+                lines.append(f"| {row['tokens']:,} | {n} | {q['sequential_qps']:.2f} q/s | {q['batched_qps']:.2f} q/s | "
+                             f"{q['batched_qps'] / q['sequential_qps']:.1f}x | {'yes' if q['identical'] else 'no'} | "
+                             f"{min(tokens)}-{max(tokens)} | {_s(q['sequential_first_token_s'])} / "
+                             f"{_s(q['batched_first_token_s'])} |")
     enc = results["encoder"]
     lines += ["", f"Encoder + adapter throughput: {enc['inference_tokens_per_s']:,} tokens/s (LoRA merged, "
               f"{s['encoder_dtype']}) against {enc['plain_tokens_per_s']:,} tokens/s for the plain forward (LoRA "
@@ -295,7 +410,8 @@ def run(args: argparse.Namespace, text: str, argv: list[str] | None = None) -> d
     results = {"setup": {"argv": sys.argv[1:] if argv is None else list(argv), "machine": f"{platform.machine()} CPU"
                          if not torch.cuda.is_available() else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),
                          "date": time.strftime("%Y-%m-%d"), "model": str(args.model or "shipped checkpoint"),
-                         "encoder_dtype": str(model.encoder.inference_dtype()).removeprefix("torch.")},
+                         "encoder_dtype": str(model.encoder.inference_dtype()).removeprefix("torch."),
+                         "max_new_tokens": model.config.max_new_tokens},
                "rows": []}
     results["encoder"] = encoder_throughput(model, text)
     with tempfile.TemporaryDirectory(prefix="e2llm-bench-") as scratch:
@@ -303,7 +419,8 @@ def run(args: argparse.Namespace, text: str, argv: list[str] | None = None) -> d
         for size, sized in texts.items():
             modes = ("soft", "hybrid") if size in args.hybrid_at else ("soft",)
             store = Path(scratch) / f"{size}.sqlite"
-            row = measure(model, sized, modes, baseline=size in args.sizes, store_path=store)
+            row = measure(model, sized, modes, baseline=size in args.sizes, store_path=store, checkpoint=args.model,
+                          process=size in args.process_at, batch=size in args.batch_at)
             results["rows"].append({"size": size, **row})
             print(json.dumps({"size": size, **{k: v for k, v in row.items() if not isinstance(v, dict)}}), file=sys.stderr)
             (out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")

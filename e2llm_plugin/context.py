@@ -15,7 +15,8 @@ from .chunking import Chunk, unknown_share
 
 class PrefixCache:
     """Decoder KV caches of prompt prefixes ([template · soft tokens]) over one context, by content: a question asked
-    again over the same context prefills only its own tokens. A few are kept (a prefix per history, say), LRU."""
+    again over the same context prefills only its own tokens. A few are kept (a prefix per history, say), LRU. The model
+    backs them with its store where one holds the whole context, so another process reads it instead of prefilling."""
 
     def __init__(self, size: int = 4):
         self.size = size

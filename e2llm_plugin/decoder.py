@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import re
 import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -67,6 +69,23 @@ class Prompt:
     def target_ids(self) -> torch.Tensor:
         """The labelled target tokens (the prompt's last positions)."""
         return self.labels[0][self.labels[0] != -100]
+
+
+class PrefixKey(NamedTuple):
+    """What a prompt prefix's KV cache is kept under: its content (the digest of its embeddings, and its length) and the
+    weights that read it (the LoRA on or off, and the inference copy's `MergedCopy.key`, which is this process's)."""
+
+    digest: str
+    tokens: int
+    lora_active: bool
+    weights: tuple
+
+
+#: At most this many bytes of KV cache in one batch of `generate_texts`: the rows of a batch each hold the whole prefix
+#: (a context read whole at the decoder's window is ~0.4 GB per row for SmolLM2), so a long one is decoded fewer at a time.
+BATCH_KV_BYTES = 1 << 30
+#: At most this many answers decoded together, however short their prompts.
+BATCH_ROWS = 64
 
 
 class Decoder(nn.Module):
@@ -270,11 +289,8 @@ class Decoder(nn.Module):
         A prompt with a cacheable prefix is prefilled in two steps, prefix then the rest, whether or not `prefix_cache`
         already holds the prefix's KV cache: so a reused prefix gives exactly the answer a fresh one gives."""
         generation = generation or GenerationConfig()
-        rng = None
-        if generation.temperature > 0:
-            rng = torch.Generator(device="cpu")
-            rng.manual_seed(generation.seed if generation.seed is not None else int(torch.randint(2**62, ()).item()))
-        model = self.inference_copy.get() if self.lora_active else self.model  # base_decoder(): the adapter is off
+        rng = _rng(generation)
+        model = self._reader()
         cache, rest = self._prefix(model, prompt, prefix_cache)
         mask = prompt.attention_mask()  # over [prefix + new keys]: hides what the prompt hides from all after its prefix
         # logits_to_keep=1: the prefill needs the next-token logits only, not (L x vocab) of them.
@@ -293,36 +309,135 @@ class Decoder(nn.Module):
                 mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
             out = model(input_ids=ids, cache=out.cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
 
+    @torch.inference_mode()
+    def generate_texts(self, prompts: list[Prompt], max_new_tokens: int, stop: list[str] | None = None,
+                       prefix_cache: PrefixCache | None = None, generation: GenerationConfig | None = None) -> list[str]:
+        """Several answers decoded together, each the text `stream_text` gives its prompt alone: the same tokens, chosen
+        the same way (greedy, or sampled from its own generator), the same stops.
+
+        Prompts with the same cacheable prefix (questions over one context) are decoded as the rows of one batch: the
+        prefix's KV cache is read from `prefix_cache` (or prefilled) once and forked across the rows; each row's rest
+        follows it, left-padded to the longest, with its own positions and an attention mask over [prefix keys · rest
+        keys · generated keys] that hides the padding; a row leaves the batch at its own stop token, stop string or
+        limit. So N questions cost one prefill of the prefix (none if cached), one forward over their rests, and one
+        forward per token of the longest answer, each as many rows wide as answers go on: one-row products read every
+        weight for one row's work, which a batch shares."""
+        generation = generation or GenerationConfig()
+        stop = [s for s in (stop or []) if s]
+        model = self._reader()
+        groups: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(self.prefix_key(prompt).digest if prompt.prefix_tokens else "", []).append(i)
+        answers: list[list[int]] = [[] for _ in prompts]
+        for rows in groups.values():
+            # Each row holds the prefix's KV cache, its rest and its answer: bounded, a long prefix takes fewer rows.
+            longest = max(prompts[i].num_tokens for i in rows) + max_new_tokens
+            per_row = sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.prefix_layout(longest).values())
+            size = max(1, min(BATCH_ROWS, BATCH_KV_BYTES // per_row))
+            for start in range(0, len(rows), size):
+                batch = rows[start : start + size]
+                decoded = self._decode_batch(model, [prompts[i] for i in batch], max_new_tokens, stop, prefix_cache,
+                                             generation)
+                for i, tokens in zip(batch, decoded, strict=True):
+                    answers[i] = tokens
+        return ["".join(self._texts(iter(tokens), stop)) for tokens in answers]
+
+    def _decode_batch(self, model: nn.Module, prompts: list[Prompt], max_new_tokens: int, stop: list[str],
+                      prefix_cache: PrefixCache | None, generation: GenerationConfig) -> list[list[int]]:
+        """The answer tokens of prompts that share their prefix, decoded as the rows of one batch (`generate_texts`)."""
+        n = prompts[0].prefix_tokens
+        cache, _ = self._prefix(model, prompts[0], prefix_cache)
+        rests = [prompt.embeds[0, n:] for prompt in prompts]
+        width = max(len(rest) for rest in rests)
+        embeds = torch.stack([nn.functional.pad(rest, (0, 0, width - len(rest), 0)) for rest in rests])
+        # The keys each row reads: the prefix's, then its own rest's (not the padding before it), then its answer's. Per
+        # row, so a row can be kept from prefix positions the others read.
+        keys = torch.ones(len(prompts), n + width, dtype=torch.long, device=self.device)
+        for row, rest in enumerate(rests):
+            keys[row, n : n + width - len(rest)] = 0
+        ends = torch.tensor([n + len(rest) for rest in rests], device=self.device)  # each row's next position
+        positions = (ends[:, None] - width + torch.arange(width, device=self.device)).clamp(min=n)  # padding: any
+        if cache is not None:
+            cache.batch_repeat_interleave(len(prompts))  # the fork's rows: the stored prefix stays as it was
+        out = model(inputs_embeds=embeds, attention_mask=keys, position_ids=positions, cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        rngs = [_rng(generation) for _ in prompts]
+        answers: list[list[int]] = [[] for _ in prompts]
+        live = list(range(len(prompts)))  # the rows still decoding, in the batch's order
+        while live:
+            logits = out.logits[:, -1].float().cpu()
+            going = []  # indices into `live` of the rows that go on
+            for j, row in enumerate(live):
+                token = next_token(logits[j], answers[row], generation, rngs[row], self.stop_ids)
+                if token in self.stop_ids:
+                    continue
+                answers[row].append(token)
+                if len(answers[row]) < max_new_tokens and not self._stops(answers[row], stop):
+                    going.append(j)
+            if not going:
+                break
+            if len(going) < len(live):  # rows that ended leave the batch
+                index = torch.tensor(going, device=self.device)
+                out.cache.batch_select_indices(index)
+                keys, ends, live = keys[index], ends[index], [live[j] for j in going]
+            ids = torch.tensor([[answers[row][-1]] for row in live], device=self.device)
+            keys = torch.cat([keys, keys.new_ones(len(live), 1)], dim=1)
+            out = model(input_ids=ids, attention_mask=keys, position_ids=ends[:, None], cache=out.cache, use_cache=True,
+                        logits_to_keep=1)
+            ends = ends + 1
+        return answers
+
+    def _reader(self) -> nn.Module:
+        """What generation reads: the merged inference copy; the peft model with its adapter off in `base_decoder()`."""
+        return self.inference_copy.get() if self.lora_active else self.model
+
     def _prefix(self, model: nn.Module, prompt: Prompt, prefix_cache: PrefixCache | None):
         """The KV cache after the prompt's prefix (one decoding may extend: the stored one stays as it was) and the
         embeddings after it."""
         n = prompt.prefix_tokens
         if n == 0:
             return None, prompt.embeds
-        prefix = prompt.embeds[:, :n]
-        # By content and weights: the same template and soft tokens, read by the same LoRA, on or off.
-        digest = hashlib.sha256(prefix.detach().to("cpu", torch.float32).numpy().tobytes()).hexdigest()
-        key = (digest, self.lora_active, self.inference_copy.key())
+        key = self.prefix_key(prompt)
         cache = prefix_cache.get(key) if prefix_cache is not None else None
         if cache is None:
-            cache = model(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).cache
+            cache = model(inputs_embeds=prompt.embeds[:, :n], use_cache=True, logits_to_keep=1).cache
             if prefix_cache is not None:
                 prefix_cache.put(key, cache)
         return fork(cache), prompt.embeds[:, n:]
 
+    def prefix_key(self, prompt: Prompt) -> PrefixKey:
+        """By content and weights: the same template and soft tokens, read by the same LoRA, on or off."""
+        prefix = prompt.embeds[:, : prompt.prefix_tokens].detach().to("cpu", torch.float32)
+        digest = hashlib.sha256(prefix.numpy().tobytes()).hexdigest()
+        return PrefixKey(digest, prompt.prefix_tokens, self.lora_active, self.inference_copy.key())
+
+    def prefix_layout(self, tokens: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Name -> (shape, dtype) of the tensors `cache_tensors` gives for a prefix of `tokens` positions: what a stored
+        one must be to stand for it (`store.entry_problem`)."""
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dtype = next(self.model.parameters()).dtype
+        shape = (1, heads, tokens, head_dim)
+        return {f"{kind}.{i}": (shape, dtype) for i in range(config.num_hidden_layers) for kind in ("keys", "values")}
+
     def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None,
                     prefix_cache: PrefixCache | None = None, generation: GenerationConfig | None = None) -> Iterator[str]:
         """Text pieces whose concatenation is the answer; ends early at the first `stop` string (not included)."""
+        return self._texts(self.generate_ids(prompt, max_new_tokens, prefix_cache, generation), stop)
+
+    def _texts(self, tokens: Iterator[int], stop: list[str] | None) -> Iterator[str]:
+        """The text pieces of an answer's tokens; stops pulling tokens at the first `stop` string (`_stops`)."""
         stop = [s for s in (stop or []) if s]
         ids: list[int] = []
         emitted = 0  # characters already yielded
         text = ""
-        for token in self.generate_ids(prompt, max_new_tokens, prefix_cache, generation):
+        for token in tokens:
             ids.append(token)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 continue
-            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+            cut = _stop_cut(text, stop)
             if cut >= 0:  # a stop string appeared: end the answer right before it
                 if cut > emitted:
                     yield text[emitted:cut]
@@ -332,9 +447,17 @@ class Decoder(nn.Module):
                 yield text[emitted:safe]
                 emitted = safe
         text = text.rstrip("\ufffd")
-        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+        cut = _stop_cut(text, stop)
+        cut = len(text) if cut < 0 else cut
         if cut > emitted:
             yield text[emitted:cut]
+
+    def _stops(self, ids: list[int], stop: list[str]) -> bool:
+        """Whether `_texts` ends an answer after these tokens: a stop string is in their whole text."""
+        if not stop:
+            return False
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return not text.endswith("\ufffd") and _stop_cut(text, stop) >= 0
 
 
 def attention_bias(prompts: list[Prompt], width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -361,6 +484,38 @@ def fork(cache):
     forked = copy.copy(cache)
     forked.layers = [copy.copy(layer) if isinstance(layer, DynamicLayer) else copy.deepcopy(layer) for layer in cache.layers]
     return forked
+
+
+def cache_tensors(cache) -> dict[str, torch.Tensor] | None:
+    """A KV cache's tensors by name ("keys.3", "values.3", ...), to be stored; None for a cache with other than
+    transformers' plain dynamic layers (sliding windows, ...), which is not stored."""
+    from transformers.cache_utils import DynamicLayer
+
+    if not all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers):
+        return None
+    return {f"{kind}.{i}": getattr(layer, kind) for i, layer in enumerate(cache.layers) for kind in ("keys", "values")}
+
+
+def cache_from_tensors(named: dict[str, torch.Tensor], device: torch.device):
+    """The KV cache `cache_tensors` took apart."""
+    from transformers.cache_utils import DynamicCache
+
+    layers = len(named) // 2
+    return DynamicCache([(named[f"keys.{i}"].to(device), named[f"values.{i}"].to(device)) for i in range(layers)])
+
+
+def _rng(generation: GenerationConfig) -> torch.Generator | None:
+    """The random generator one sampled answer draws from (None when greedy), seeded by `generation.seed` if set."""
+    if generation.temperature == 0:
+        return None
+    rng = torch.Generator(device="cpu")
+    rng.manual_seed(generation.seed if generation.seed is not None else int(torch.randint(2**62, ()).item()))
+    return rng
+
+
+def _stop_cut(text: str, stop: list[str]) -> int:
+    """Where the first stop string in `text` begins, or -1."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
 
 
 def next_token(logits: torch.Tensor, answer: list[int], generation: GenerationConfig,

@@ -8,14 +8,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import logging
 import os
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from .adapter import build_adapter, mean_pool
 from .chunking import Chunk, Chunker, segments, validate_documents
 from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, CallOptions, E2LLMConfig, Mode
 from .context import CompressedContext, PrefixCache, count_cl100k
-from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, Prompt
+from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, PrefixKey, Prompt, cache_from_tensors, cache_tensors
 from .encoder import ChunkEncoder
 from .errors import CheckpointError, ConfigError, E2LLMError, StoreError, UnreadableTextWarning, check_unicode
 from .files import recover, write_directory
@@ -299,7 +301,7 @@ class E2LLM(
         try:
             return self.store.get_many(fingerprint, texts)
         except StoreError as err:
-            logger.warning("compressed-chunk store unavailable (%s); compressing without it", err)
+            logger.warning("the compressed store is unavailable (%s); carrying on without it", err)
             return {}
 
     def _store_put(self, fingerprint: str, texts: list[str], tensors: list[dict[str, torch.Tensor]]) -> None:
@@ -308,7 +310,7 @@ class E2LLM(
         try:
             self.store.put_many(fingerprint, texts, tensors)
         except StoreError as err:
-            logger.warning("compressed-chunk store unavailable (%s); compressing without it", err)
+            logger.warning("the compressed store is unavailable (%s); carrying on without it", err)
 
     def fingerprint(self) -> str:
         """Digest of everything that shapes a chunk's soft tokens and retrieval embedding (the encoder, its LoRA, the
@@ -316,18 +318,18 @@ class E2LLM(
         on every call (the shipped model's 3.9M such weights, 15.5 MB: tens of milliseconds, once per compression), so any
         change to them, an edit through `.data` that torch's version counter misses included, gives a new fingerprint:
         a model trained further never reads its old entries."""
-        # The encoder's and the adapter's trained weights (the decoder's do not shape soft tokens), walked alone: walking
-        # the whole model costs more than hashing these.
-        parts = (("encoder", self.encoder), ("adapter", self.adapter))
-        named = sorted((n, p) for prefix, part in parts for n, p in part.named_parameters(prefix) if is_trained(n))
-        digest = hashlib.sha256(json.dumps({
-            "format": 1, "encoder": self.config.encoder, "adapter": self.config.adapter,
-            "k": self.config.soft_tokens_per_chunk, "dtype": str(self.encoder.inference_dtype()),
-        }, sort_keys=True).encode())
-        for name, p in named:
-            digest.update(name.encode())
-            digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy())  # hashed in place, not copied
-        return digest.hexdigest()
+        # The encoder's and the adapter's trained weights (the decoder's do not shape soft tokens).
+        return _weights_digest({"format": 1, "encoder": self.config.encoder, "adapter": self.config.adapter,
+                                "k": self.config.soft_tokens_per_chunk, "dtype": str(self.encoder.inference_dtype())},
+                               (("encoder", self.encoder), ("adapter", self.adapter)))
+
+    def _prefix_fingerprint(self) -> str:
+        """Digest of what shapes a prompt prefix's KV cache beyond the prefix itself: the decoder, whether its LoRA is on
+        (`base_decoder`) and the LoRA's values, hashed on each call like `fingerprint`'s. The store keeps prefixes
+        under it (see `_StoredPrefixes`)."""
+        return _weights_digest({"format": 1, "kind": "prompt prefix", "decoder": self.config.decoder,
+                                "lora": self.decoder.lora_active, "dtype": str(next(self.decoder.parameters()).dtype)},
+                               (("decoder", self.decoder),))
 
     def embed(self, texts: list[str]) -> torch.Tensor:
         """Unit-length sentence embeddings (the encoder's mean-pooled states, LoRA on): how chunks are ranked for a
@@ -419,7 +421,47 @@ class E2LLM(
                                 raw_tokens=options.raw_tokens)
         result = Answer(context=context, mode=reading.mode, prompt_tokens=reading.prompt.num_tokens,
                         passages=reading.passages, chunks_read=reading.chunks_read, ranking=reading.ranking)
-        return self._start(result, reading.prompt, options, context.prefix_cache)
+        return self._start(result, reading.prompt, options, self._prefixes(context, reading.chunks_read))
+
+    def answer_many(self, questions: Sequence[str], documents=None, context: CompressedContext | None = None,
+                    mode: Mode | None = None, max_new_tokens: int | None = None, stop: list[str] | None = None,
+                    history: list[dict] | None = None, raw_tokens: int | None = None, *, options: CallOptions | None = None,
+                    **generation) -> list[Answer]:
+        """Prepare the answers to several questions over the same documents (compressed once) or context, to be decoded
+        together: `answer`'s arguments, with a list of questions, all checked up front.
+
+        Iterating any of the answers decodes them all, once, in batches that share the context's prompt prefix
+        (`Decoder.generate_texts`); then each yields its whole text as one piece. Each is the answer `answer` gives its
+        question alone (greedy decoding: the same tokens), and together they cost about the decoder forwards of the
+        longest one, not of all of them."""
+        options = self.call_options(options, mode=mode, max_new_tokens=max_new_tokens, stop=stop, raw_tokens=raw_tokens,
+                                    **generation)
+        if isinstance(questions, str) or not isinstance(questions, Sequence) or not questions:
+            raise E2LLMError(f"questions must be a non-empty list of strings, got {questions!r:.80}; for one question "
+                             "use answer()")
+        questions = [self.check_question(q) for q in questions]
+        context = self._context(documents, context)
+        history = _check_messages(history or [], final_user=False)
+        with torch.inference_mode():
+            readings = [self.read(q, context, options.mode, max_new_tokens=options.max_new_tokens, history=history,
+                                  raw_tokens=options.raw_tokens) for q in questions]
+        prefixes = self._prefixes(context, min(reading.chunks_read for reading in readings))
+        decoding = _Decoding(lambda: self.decoder.generate_texts(
+            [reading.prompt for reading in readings], options.max_new_tokens, list(options.stop), prefixes, options.generation))
+        answers = []
+        for i, reading in enumerate(readings):
+            result = Answer(context=context, mode=reading.mode, prompt_tokens=reading.prompt.num_tokens,
+                            passages=reading.passages, chunks_read=reading.chunks_read, ranking=reading.ranking)
+            result._pieces = self._counted(result, decoding.pieces(i))
+            answers.append(result)
+        return answers
+
+    def _prefixes(self, context: CompressedContext, chunks_read: int) -> PrefixCache | _StoredPrefixes:
+        """Where answers over `context` find and keep their prompt prefix's KV cache: the context's own caches, backed by
+        the store when the prefix holds every chunk (one of chunks chosen for a question would only fill the store)."""
+        if self.store is None or chunks_read < context.num_chunks:
+            return context.prefix_cache
+        return _StoredPrefixes(self, context.prefix_cache)
 
     def answer_text(self, question: str, text: str, max_text_tokens: int | None = None, max_new_tokens: int | None = None,
                     stop: list[str] | None = None, *, options: CallOptions | None = None, **generation) -> Answer:
@@ -635,6 +677,71 @@ class E2LLM(
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 raise CheckpointError(f"{path}: {name} holds NaN or infinite values; the training that wrote it diverged")
         self.load_state_dict(loaded, strict=False)
+
+
+class _StoredPrefixes:
+    """A context's prompt-prefix KV caches, as one answer reads them: the context's own (in memory) first, then the
+    model's store, where a prefix prefilled here is kept too, so a new process answering about a stored context reads
+    its prefix instead of prefilling it. Stored under the decoder's `_prefix_fingerprint`, by the prefix's digest, and
+    checked against the decoder's layout (names, shapes, dtype, finite values) before use: one that does not fit is
+    prefilled again, and the new one replaces it."""
+
+    def __init__(self, model: E2LLM, memory: PrefixCache):
+        self.model, self.memory = model, memory
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return self.model._prefix_fingerprint()
+
+    def get(self, key: PrefixKey):
+        cache = self.memory.get(key)
+        if cache is not None:
+            return cache
+        with self.model._stage("store"):
+            named = self.model._store_get(self.fingerprint, [key.digest]).get(0)
+        if named is None:
+            return None
+        layout = self.model.decoder.prefix_layout(key.tokens)
+        problem = entry_problem(named, layout)
+        if problem is not None:
+            logger.warning("the stored KV cache of a prompt prefix does not fit this decoder (%s); prefilling it again",
+                           problem)
+            return None
+        cache = cache_from_tensors({name: named[name] for name in layout}, self.model.device)
+        self.memory.put(key, cache)
+        return cache
+
+    def put(self, key: PrefixKey, cache) -> None:
+        self.memory.put(key, cache)
+        named = cache_tensors(cache)
+        if named is not None:
+            with self.model._stage("store"):
+                self.model._store_put(self.fingerprint, [key.digest], [named])
+
+
+class _Decoding:
+    """Texts decoded together once, on the first demand of any of their answers (other threads wait for it)."""
+
+    def __init__(self, decode: Callable[[], list[str]]):
+        self._decode, self._texts, self._lock = decode, None, threading.Lock()
+
+    def pieces(self, index: int) -> Iterator[str]:
+        with self._lock:
+            if self._texts is None:
+                self._texts = self._decode()
+        if self._texts[index]:
+            yield self._texts[index]
+
+
+def _weights_digest(header: dict, parts: tuple[tuple[str, nn.Module], ...]) -> str:
+    """SHA-256 of `header` and the values of the trained weights of `parts` (name, module), walked alone: walking the
+    whole model costs more than hashing them."""
+    named = sorted((n, p) for prefix, part in parts for n, p in part.named_parameters(prefix) if is_trained(n))
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for name, p in named:
+        digest.update(name.encode())
+        digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy())  # hashed in place, not copied
+    return digest.hexdigest()
 
 
 def open_store(store) -> Store | None:

@@ -1,6 +1,12 @@
 """A persistent store of compressed chunks: compress a document once, ask it many questions, across runs and processes.
 
-One SQLite file (the standard library's `sqlite3`) holds one entry per chunk and fingerprint:
+It holds two kinds of entries, which it treats alike: a chunk's soft tokens and retrieval embedding, under the model's
+`fingerprint()` and keyed by the chunk's text; and the decoder's KV cache of a context's prompt prefix ([template · soft
+tokens]), under the decoder's own fingerprint and keyed by the prefix's digest, so that a new process answering about a
+stored context reads it instead of prefilling it (for SmolLM2, 46,080 bytes per position: 57 MB for the 1,242-position
+prefix of a 100k-token document, which takes seconds to prefill).
+
+One SQLite file (the standard library's `sqlite3`) holds one entry per key text and fingerprint:
 
     entries(fingerprint TEXT, text_sha256 TEXT, nbytes INTEGER, last_used INTEGER, checksum TEXT, blob BLOB,
             PRIMARY KEY (fingerprint, text_sha256))
@@ -8,8 +14,9 @@ One SQLite file (the standard library's `sqlite3`) holds one entry per chunk and
     meta(key TEXT PRIMARY KEY, value)           -- 'clock': a counter that every put and get ticks; `last_used` holds it
 
 `fingerprint` is the caller's digest of everything that changes the tensors (weights, chunking settings, k, dtype), so
-entries of another model are never found. `blob` is a safetensors file of the entry's named tensors (never pickle) whose
-metadata repeats the fingerprint and the text hash; `checksum` is the blob's SHA-256 and `nbytes` its length. The header
+entries of another model are never found. `text_sha256` is the SHA-256 of the key text (a chunk's text, a prefix's
+digest). `blob` is a safetensors file of the entry's named tensors (never pickle) whose metadata repeats the fingerprint
+and the text hash; `checksum` is the blob's SHA-256 and `nbytes` its length. The header
 marks the file as this store's: `PRAGMA application_id` is APPLICATION_ID and `PRAGMA user_version` is SCHEMA_VERSION.
 
 Guarantees:
@@ -80,8 +87,11 @@ _SCHEMA = (
 @runtime_checkable
 class Store(Protocol):
     """What `E2LLM(store=...)` needs of a store of compressed chunks: `CompressedStore` is one; any object with these
-    methods is another (a shared server, say). Entries are named tensors per (fingerprint, chunk text). A store that
-    cannot serve raises `StoreError`: the model then warns and compresses without it."""
+    methods is another (a shared server, say). Entries are named tensors per (fingerprint, key text): chunks under the
+    model's fingerprint, keyed by their text, and prompt prefixes' KV caches under the decoder's, keyed by the prefix's
+    digest (see the module's notes), through the same two methods, so every store keeps both. A store may keep fewer
+    entries than it is given (a bound, say, or none of the large ones): whatever it misses is computed again. A store
+    that cannot serve raises `StoreError`: the model then warns and carries on without it."""
 
     def get_many(self, fingerprint: str, texts: list[str]) -> dict[int, dict[str, torch.Tensor]]:
         """The entries held for these texts, by their index in `texts`; texts not held are left out."""

@@ -11,25 +11,32 @@ How `ChatE2LLM` reads a conversation:
   real chat turns; the soft tokens sit in the last user turn, in the paper's prompt ("Given the contexts: ...
   Please follow the instruction: Answer the question: ...");
 - with no long text at all, the decoder answers as the plain chat model it is, through its own chat template.
+
+Questions asked at about the same time over the same long text (`batch`, `abatch`, concurrent calls) are answered
+together, in one batch that shares its prompt prefix (`integrations.common.AnswerBatcher`); such answers arrive whole,
+as one piece, where a question asked alone streams.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 try:
-    from langchain_core.callbacks import CallbackManagerForLLMRun
+    from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
     from langchain_core.documents import Document
     from langchain_core.language_models import BaseChatModel, LangSmithParams
-    from langchain_core.language_models.chat_models import generate_from_stream
+    from langchain_core.language_models.chat_models import agenerate_from_stream, generate_from_stream
     from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage, convert_to_messages
     from langchain_core.outputs import ChatGenerationChunk, ChatResult
     from langchain_core.runnables import Runnable, RunnableConfig, RunnableGenerator
+    from langchain_core.runnables.config import get_config_list
     from langchain_core.runnables.utils import AddableDict
     from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 except ImportError as err:  # pragma: no cover - depends on the environment
@@ -40,13 +47,14 @@ from ..context import CompressedContext
 from ..documents import read_pdf_pages
 from ..errors import ConfigError, DocumentError, E2LLMError
 from ..model import E2LLM, SHIPPED_CHECKPOINTS, Answer
-from .common import ContextCache, check_model_argument, load_model, passages_metadata
+from .common import AnswerBatcher, ContextCache, check_model_argument, load_model, passages_metadata
 
 __all__ = ["ChatE2LLM", "create_e2llm_chain", "load_pdf"]
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 _CALL_ARGUMENTS = ("mode", "max_new_tokens", "max_tokens")  # max_tokens: LangChain's name for max_new_tokens
 _DOCUMENTS_KEPT = 1_000  # long texts kept compressed per ChatE2LLM (LRU), so follow-up questions encode nothing
+_BATCH_WORKERS = 64  # `batch` runs this many inputs at once unless told otherwise, so they can be answered together
 
 def _default_model_name(model) -> str:
     if model is None:
@@ -111,8 +119,10 @@ class ChatE2LLM(BaseChatModel):
     streaming: bool = False
     """Whether `invoke` reports each text piece to callbacks as it is decoded (`stream` always does)."""
 
-    # Compressed long texts by content (`integrations.common.ContextCache`), made with the model on first use.
+    # Compressed long texts by content (`integrations.common.ContextCache`) and the questions' batcher, made with the
+    # model on first use.
     _cache: ContextCache | None = PrivateAttr(default=None)
+    _batcher: AnswerBatcher | None = PrivateAttr(default=None)
     _cache_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @model_validator(mode="after")
@@ -155,22 +165,54 @@ class ChatE2LLM(BaseChatModel):
         return params
 
     # ---- answering --------------------------------------------------------------------------------------------
+    def batch(self, inputs: list, config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list:
+        """LangChain's `batch`, with every input in flight at once (up to 64, unless the config's `max_concurrency`
+        says otherwise), so that the questions over the same long text are answered together, in one batch."""
+        configs = get_config_list(config, len(inputs))
+        if configs and configs[0].get("max_concurrency") is None:
+            configs[0] = {**configs[0], "max_concurrency": min(len(inputs), _BATCH_WORKERS)}
+        return super().batch(inputs, configs, return_exceptions=return_exceptions, **kwargs)
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         return generate_from_stream(self._stream(messages, stop, run_manager if self.streaming else None, **kwargs))
 
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager if self.streaming else None, **kwargs))
+
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        options = self._call_options(kwargs, self.stop if stop is None else stop)
-        answer, metadata = self._reply(messages, options)
+        future, context = self._ask(messages, stop, kwargs)
+        answer = future.result()
         for piece in answer:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        yield self._last_chunk(answer, context)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        # The blocking work in worker threads; waiting for the batch in none, so a gather of many calls sends them all.
+        future, context = await asyncio.to_thread(self._ask, messages, stop, kwargs)
+        answer = await asyncio.wrap_future(future)
+        pieces, done = iter(answer), object()
+        while (piece := await asyncio.to_thread(next, pieces, done)) is not done:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                await run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        yield self._last_chunk(answer, context)
+
+    def _last_chunk(self, answer: Answer, context: CompressedContext | None) -> ChatGenerationChunk:
+        """Usage and metadata ride on the last chunk only: LangChain adds chunks up, and would double them."""
         prompt_tokens, output_tokens = answer.prompt_tokens, answer.completion_tokens
-        # Usage and metadata ride on the last chunk only: LangChain adds chunks up, and would double them.
-        yield ChatGenerationChunk(message=AIMessageChunk(
+        compression = {**context.stats(), "chunks_read": answer.chunks_read} if context else None
+        metadata = {"mode": answer.mode, "compression": compression, "passages": passages_metadata(answer)}
+        return ChatGenerationChunk(message=AIMessageChunk(
             content="", chunk_position="last",
             usage_metadata={"input_tokens": prompt_tokens, "output_tokens": output_tokens,
                             "total_tokens": prompt_tokens + output_tokens},
@@ -188,8 +230,11 @@ class ChatE2LLM(BaseChatModel):
         max_new_tokens = kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens))
         return self.e2llm.call_options(mode=kwargs.get("mode", self.mode), max_new_tokens=max_new_tokens, stop=stop)
 
-    def _reply(self, messages: list[BaseMessage], options: CallOptions) -> tuple[Answer, dict]:
-        """The answer being generated for a conversation, and its response metadata."""
+    def _ask(self, messages: list[BaseMessage], stop: list[str] | None,
+             kwargs: dict) -> tuple[Future, CompressedContext | None]:
+        """Read a conversation (its long text compressed) and ask its question: the future of the answer (asked
+        together with the questions asked meanwhile over the same text), and the context it reads."""
+        options = self._call_options(kwargs, self.stop if stop is None else stop)
         long_texts, chat = self._split(messages)
         if not chat or chat[-1]["role"] != "user":
             found = f"ends with a turn by the {chat[-1]['role']}" if chat else "is all long context"
@@ -197,11 +242,12 @@ class ChatE2LLM(BaseChatModel):
                 f"nothing to answer: the conversation {found}; end it with a short user message (the question)"
                 + (f", or raise long_text_tokens (now {self.long_text_tokens})" if long_texts else "")
             )
-        # Without long text there is no context, and the decoder answers as a plain chat model.
-        context = self._compress(long_texts) if long_texts else None
-        answer = self.e2llm.chat(chat, context=context, options=options)
-        compression = {**context.stats(), "chunks_read": answer.chunks_read} if context else None
-        return answer, {"mode": answer.mode, "compression": compression, "passages": passages_metadata(answer)}
+        if not long_texts:  # no context: the decoder answers as a plain chat model
+            future: Future = Future()
+            future.set_result(self.e2llm.chat(chat, options=options))
+            return future, None
+        context, batcher = self._compress(long_texts)
+        return batcher.ask(chat[-1]["content"], context, options, history=chat[:-1]), context
 
     def _split(self, messages: list[BaseMessage]) -> tuple[list[str], list[dict]]:
         """Long texts to compress, in conversation order, and the rest as chat turns."""
@@ -226,11 +272,11 @@ class ChatE2LLM(BaseChatModel):
                 chat.append({"role": role, "content": "\n\n".join(kept)})
         return long_texts, chat
 
-    def _compress(self, texts: list[str]) -> CompressedContext:
+    def _compress(self, texts: list[str]) -> tuple[CompressedContext, AnswerBatcher]:
         with self._cache_lock:
             if self._cache is None:
-                self._cache = ContextCache(self.e2llm, _DOCUMENTS_KEPT)
-        return self._cache.get(texts)[0]
+                self._cache, self._batcher = ContextCache(self.e2llm, _DOCUMENTS_KEPT), AnswerBatcher(self.e2llm)
+        return self._cache.get(texts)[0], self._batcher
 
 
 # ---- PDFs and the chain ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import functools
 import logging
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from ..context import CompressedContext
 from ..errors import ContextOverflowError, DocumentError, E2LLMError
 from ..model import E2LLM, Answer
-from .common import ContextCache, load_model, passages_metadata
+from .common import AnswerBatcher, ContextCache, load_model, passages_metadata
 
 __all__ = [
     "E2LLMQueryEngine",
@@ -232,6 +233,17 @@ class E2LLMCompressionEvent(BaseEvent):
 
 
 @dataclass
+class _Asked:
+    """One question asked over the texts of the nodes kept: the context read, and the future of its answer."""
+
+    question: str
+    texts: list[str]
+    context: CompressedContext
+    compressed: int  # texts compressed for it; the others came from the cache
+    future: Future
+
+
+@dataclass
 class _Synthesis:
     """One question being answered, over the texts of the nodes kept."""
 
@@ -250,7 +262,9 @@ class E2LLMSynthesizer(BaseSynthesizer):
 
     Each node's text is compressed once and cached by its SHA-256 (`integrations.common.ContextCache`), so the next
     question over the same nodes encodes nothing. Nodes without text are skipped and listed in
-    ``metadata["e2llm"]["skipped_nodes"]``.
+    ``metadata["e2llm"]["skipped_nodes"]``. Questions asked at about the same time over the same nodes (concurrent
+    `aquery` calls) are answered together, in one batch that shares their prompt prefix
+    (`integrations.common.AnswerBatcher`); such answers arrive whole, as one piece, where a question asked alone streams.
     """
 
     def __init__(
@@ -272,6 +286,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
         self._options = self._model.call_options(mode=mode, max_new_tokens=max_new_tokens, stop=stop)  # checked now
         self._show_progress = show_progress
         self._cache = ContextCache(self._model, max_cached_nodes)
+        self._batcher = AnswerBatcher(self._model)
         super().__init__(llm=E2LLMCustomLLM(self._model), callback_manager=callback_manager, streaming=streaming)
 
     @property
@@ -307,13 +322,22 @@ class E2LLMSynthesizer(BaseSynthesizer):
             event.on_end(payload={EventPayload.CHUNKS: [c.text for ctx in fresh for c in ctx.chunks]})
         return fresh
 
-    def _read(self, question: str, texts: list[str]) -> _Synthesis:
-        """Compress (or fetch) the texts and prepare the decoder's answer; nothing is generated yet."""
+    def _read_steps(self, question: str, texts: list[str]) -> _Steps:
+        """Compress (or fetch) the texts and ask the question; the answer comes once the batcher has gathered the
+        questions asked meanwhile over the same nodes. Nothing is generated yet."""
+        asked = yield functools.partial(self._ask, question, texts)
+        answer = yield asked.future
+        return self._reading(asked, answer)
+
+    def _ask(self, question: str, texts: list[str]) -> _Asked:
         question = E2LLM.check_question(question)
         if not texts:
             raise E2LLMError("nothing to read: no node with text was retrieved")
         context, compressed = self._cache.get(texts, self._compress_each)
-        answer = self._model.answer(question, context=context, options=self._options)
+        return _Asked(question, texts, context, compressed, self._batcher.ask(question, context, self._options))
+
+    def _reading(self, asked: _Asked, answer: Answer) -> _Synthesis:
+        question, texts, context, compressed = asked.question, asked.texts, asked.context, asked.compressed
         stats = context.stats()
         stats.pop("documents")  # each node was compressed as one document
         stats.update(mode=answer.mode, chunks_read=answer.chunks_read, nodes=len(texts), compressed_nodes=compressed,
@@ -356,8 +380,9 @@ class E2LLMSynthesizer(BaseSynthesizer):
             yield piece
 
     # ---- LlamaIndex's synthesizer interface --------------------------------------------------------------------
-    # Each verb's body is written once, as steps (`_run` below): it yields the blocking work (compressing, decoding) and
-    # gets its result back. The sync verb does that work in place, the async one in a worker thread.
+    # Each verb's body is written once, as steps (`_run` below): it yields the blocking work (compressing, decoding), or
+    # a future to wait for (the batched answer), and gets its result back. The sync verb does that work in place, the
+    # async one in a worker thread, and awaits futures without holding one.
     def get_response(self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any):
         return _run(self._response_steps(query_str, text_chunks, asynchronous=False))
 
@@ -365,7 +390,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
         return await _arun(self._response_steps(query_str, text_chunks, asynchronous=True))
 
     def _response_steps(self, query_str: str, text_chunks: Sequence[str], asynchronous: bool) -> _Steps:
-        reading = yield functools.partial(self._read, query_str, [t for t in text_chunks if t.strip()])
+        reading = yield from self._read_steps(query_str, [t for t in text_chunks if t.strip()])
         return (yield from self._result(reading, asynchronous))
 
     # synthesize() is overridden, not inherited, because the base class passes only texts to get_response, and
@@ -387,7 +412,7 @@ class E2LLMSynthesizer(BaseSynthesizer):
         dispatcher.event(SynthesizeStartEvent(query=query))
         with self.callback_manager.event(CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: query.query_str}) as event:
             kept, texts, skipped = _node_texts(nodes)
-            reading = yield functools.partial(self._read, query.query_str, texts)
+            reading = yield from self._read_steps(query.query_str, texts)
             result = yield from self._result(reading, asynchronous)
             response = self._response(result, reading, kept, skipped, additional_source_nodes)
             event.on_end(payload={EventPayload.RESPONSE: response})
@@ -418,8 +443,9 @@ class E2LLMSynthesizer(BaseSynthesizer):
         return AsyncStreamingResponse(result, source_nodes=sources, metadata=metadata)
 
 
-#: A verb's body as steps: it yields blocking work (a callable taking no argument), is sent its result, returns the value.
-_Steps = Generator[Callable[[], Any], Any, Any]
+#: A verb's body as steps: it yields blocking work (a callable taking no argument) or a future to wait for, is sent its
+#: result, returns the value.
+_Steps = Generator[Callable[[], Any] | Future, Any, Any]
 
 
 def _run(steps: _Steps) -> Any:
@@ -431,13 +457,14 @@ def _run(steps: _Steps) -> Any:
         except StopIteration as done:
             return done.value
         try:
-            result, error = work(), None
+            result, error = (work.result() if isinstance(work, Future) else work()), None
         except Exception as err:
             result, error = None, err
 
 
 async def _arun(steps: _Steps) -> Any:
-    """Run a verb's steps, doing each piece of work in a worker thread so the event loop stays free."""
+    """Run a verb's steps, doing each piece of work in a worker thread so the event loop stays free, and awaiting each
+    future in none, so that concurrent calls all reach the batcher."""
     result, error = None, None
     while True:
         try:
@@ -445,7 +472,7 @@ async def _arun(steps: _Steps) -> Any:
         except StopIteration as done:
             return done.value
         try:
-            result, error = await asyncio.to_thread(work), None
+            result, error = await (asyncio.wrap_future(work) if isinstance(work, Future) else asyncio.to_thread(work)), None
         except Exception as err:
             result, error = None, err
 
