@@ -353,8 +353,9 @@ class Decoder(nn.Module):
         # The keys each row reads: the prefix's, then its own rest's (not the padding before it), then its answer's. Per
         # row, so a row can be kept from prefix positions the others read.
         keys = torch.ones(len(prompts), n + width, dtype=torch.long, device=self.device)
-        for row, rest in enumerate(rests):
+        for row, (prompt, rest) in enumerate(zip(prompts, rests, strict=True)):
             keys[row, n : n + width - len(rest)] = 0
+            keys[row, list(prompt.hidden_prefix_positions)] = 0  # what hybrid reads as raw text instead
         ends = torch.tensor([n + len(rest) for rest in rests], device=self.device)  # each row's next position
         positions = (ends[:, None] - width + torch.arange(width, device=self.device)).clamp(min=n)  # padding: any
         if cache is not None:

@@ -257,3 +257,11 @@ def test_the_shipped_model_answers_sixteen_questions_together_as_alone():
         together = _together(model, context, questions, mode=mode, max_new_tokens=24)
         assert together == _alone(model, context, questions, mode=mode, max_new_tokens=24)
         assert sum(bool(a.strip()) for a in together) >= 12
+
+
+def test_batched_rows_hide_what_hybrid_reads_as_raw_text(tiny_model, context):
+    """Each row keeps its own hidden prefix positions (the soft tokens of the chunks it reads as raw text), as alone."""
+    readings = [tiny_model.read(q, context=context, mode="hybrid") for q in QUESTIONS]
+    assert any(r.prompt.hidden_prefix_positions for r in readings)  # the case under test occurs
+    assert _together(tiny_model, context, QUESTIONS, mode="hybrid", max_new_tokens=24) == \
+        _alone(tiny_model, context, QUESTIONS, mode="hybrid", max_new_tokens=24)
