@@ -76,6 +76,12 @@ def test_sampled_answers_with_a_seed_are_those_sampled_alone(tiny_model, context
     assert _together(tiny_model, context, QUESTIONS, **options) == _alone(tiny_model, context, QUESTIONS, **options)
 
 
+def test_the_base_decoder_answers_together_as_alone(tiny_model, context):
+    with tiny_model.base_decoder():  # the peft model with its adapter off reads, not the merged copy
+        assert _together(tiny_model, context, QUESTIONS, mode="soft", max_new_tokens=6) == \
+            _alone(tiny_model, context, QUESTIONS, mode="soft", max_new_tokens=6)
+
+
 def test_repetition_controls_apply_to_each_row_alone(tiny_model, context):
     options = dict(mode="soft", max_new_tokens=10, repetition_penalty=1.3, no_repeat_ngram_size=2)
     assert _together(tiny_model, context, QUESTIONS, **options) == _alone(tiny_model, context, QUESTIONS, **options)
@@ -254,8 +260,8 @@ def test_the_shipped_model_answers_sixteen_questions_together_as_alone():
                  "What is the literacy rate?", "What are the major religions?", "What is the unemployment rate?",
                  "Which countries border Finland?"]
     for mode in ("soft", "hybrid"):
-        together = _together(model, context, questions, mode=mode, max_new_tokens=24)
-        assert together == _alone(model, context, questions, mode=mode, max_new_tokens=24)
+        together = _together(model, context, questions, mode=mode, max_new_tokens=16)
+        assert together == _alone(model, context, questions, mode=mode, max_new_tokens=16)
         assert sum(bool(a.strip()) for a in together) >= 12
 
 
