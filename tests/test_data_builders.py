@@ -369,3 +369,16 @@ def test_descriptive_set_rebuilds_alone_byte_identically(built_v2, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["--out", str(copy), "--version", "2", "--only", "test_nothing.jsonl"])
     assert exit_.value.code == 2
+
+
+def test_sentence_lines_for_training_come_from_training_documents_only(built_v2):
+    from research.data_builders import v2
+    from research.sentence_lines import sentence_lines
+    out, manifest = built_v2
+    lines = sentence_lines(docs_per_source=3, n=12)
+    assert lines and all(e["task"] in ("describe", "summarize_section") for e in lines)
+    train = {(s, d.doc_id) for s, docs in v2.splits(0)["train"].items() for d in docs}
+    held = {(e["source"], e["doc_id"]) for name in (v2.DESCRIPTIVE_FILE, "eval.jsonl") for e in _lines(out, name)}
+    for e in lines:
+        assert (e["source"], e["doc_id"]) in train and (e["source"], e["doc_id"]) not in held, (e["source"], e["doc_id"])
+        assert all(s in e["context"] for s in e["reference_sentences"]), e["prompt"]

@@ -379,6 +379,16 @@ def _dedupe(examples: list[dict], n: int) -> list[dict]:
     return out[:n]
 
 
+def country_split(seed: int):
+    """(train countries, eval countries, a pattern of the test countries' names): test countries are scrubbed from
+    every training text, so no fact about them is learnt from a speech or a paper."""
+    profiles = fb.load_profiles(sources.factbook_profiles())
+    from . import MAX_TEST_COUNTRY_MENTIONS, N_EVAL_COUNTRIES, N_TEST_COUNTRIES, _country_mentions
+    train_c, eval_c, test_c = fb.split_countries(profiles, N_TEST_COUNTRIES, N_EVAL_COUNTRIES, _rng(seed, "countries"),
+                                                 _country_mentions(), MAX_TEST_COUNTRY_MENTIONS)
+    return train_c, eval_c, fb.name_pattern(a for p in test_c for a in p.aliases)
+
+
 def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2(), only: list[str] | None = None) -> dict:
     """Write every file of `FILES` into ``out_dir`` and return the manifest; ``only`` names the files to (re)build (as
     in the v1 `build`: the others are left untouched, each file is the same as in a full build)."""
@@ -393,11 +403,7 @@ def build(out_dir: str | Path, seed: int = 0, sizes: SizesV2 = SizesV2(), only: 
     out.mkdir(parents=True, exist_ok=True)
     # v1 test files by the v1 code and seeds (byte-identical to a v1 build); the manifest is v2's, written below
     v1_manifest = build_v1(out, seed, sizes.v1, only=[f for f in V1_TEST_FILES if wanted(f)], write_manifest=False)
-    profiles = fb.load_profiles(sources.factbook_profiles())
-    from . import MAX_TEST_COUNTRY_MENTIONS, N_EVAL_COUNTRIES, N_TEST_COUNTRIES, _country_mentions
-    train_c, eval_c, test_c = fb.split_countries(profiles, N_TEST_COUNTRIES, N_EVAL_COUNTRIES, _rng(seed, "countries"),
-                                                 _country_mentions(), MAX_TEST_COUNTRY_MENTIONS)
-    forbidden = fb.name_pattern(a for p in test_c for a in p.aliases)
+    train_c, eval_c, forbidden = country_split(seed)
     train_c = [q for q in (fb.scrub(p, forbidden) for p in train_c) if len(q.answers) >= 3]
     eval_c = [q for q in (fb.scrub(p, forbidden) for p in eval_c) if len(q.answers) >= 3]
 
