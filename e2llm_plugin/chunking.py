@@ -24,6 +24,10 @@ from .errors import DocumentError, check_unicode
 # a token never binds on ordinary text; it bounds what one chunk stands for where tokens are [UNK] words or are missing.
 CHARS_PER_TOKEN = 10
 
+#: Changes whenever a change to the chunking gives other chunks for the same text and settings: contexts stored whole
+#: are kept under it (`E2LLM.compress_each`), so the chunks of an older version are never served.
+CHUNKING_VERSION = 1
+
 _SENTENCE_END = re.compile(r"""[.!?;:]["')\]]*$""")
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .chunking import Chunk, unknown_share
+from .store import entry_problem
 
 
 class PrefixCache:
@@ -89,6 +90,28 @@ class CompressedContext:
             stats["source_tokens_cl100k"] = self.num_source_tokens_cl100k
         return stats
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the store keeps of a one-document context, from which `from_tensors` rebuilds it with the document's
+        text: "spans", each chunk's (start, end, encoder tokens, unknown characters); "soft" and "embedding", its soft
+        tokens and retrieval embeddings; "counts", the document's decoder tokens and cl100k tokens (-1: not counted)."""
+        if self.num_documents != 1 or self.soft_tokens is None or self.retrieval_embeddings is None:
+            raise ValueError("only a one-document context with soft tokens and retrieval embeddings is stored whole")
+        spans = [[c.start, c.end, c.num_tokens, c.unknown_chars] for c in self.chunks]
+        cl100k = -1 if self.num_source_tokens_cl100k is None else self.num_source_tokens_cl100k
+        return {"spans": torch.tensor(spans, dtype=torch.long), "soft": self.soft_tokens,
+                "embedding": self.retrieval_embeddings,
+                "counts": torch.tensor([self.num_source_tokens, cl100k], dtype=torch.long)}
+
+    @classmethod
+    def from_tensors(cls, document: str, named: dict[str, torch.Tensor], device: torch.device) -> CompressedContext:
+        """The context `tensors` took apart, over `document` (check them first: `stored_context_problem`)."""
+        chunks = [Chunk(document[start:end], 0, start, end, tokens, unknown)
+                  for start, end, tokens, unknown in named["spans"].tolist()]
+        tokens, cl100k = named["counts"].tolist()
+        return cls(chunks=chunks, soft_tokens=named["soft"].to(device), num_documents=1, num_source_tokens=tokens,
+                   num_source_tokens_cl100k=count_cl100k([document]) if cl100k < 0 else cl100k,
+                   retrieval_embeddings=named["embedding"].to(device))
+
     @classmethod
     def concat(cls, contexts: list[CompressedContext]) -> CompressedContext:
         """Join contexts compressed separately (say, one per cached node) into one, documents renumbered."""
@@ -110,6 +133,34 @@ class CompressedContext:
             num_source_tokens_cl100k=None if None in cl100k else sum(cl100k),
             retrieval_embeddings=retrieval,
         )
+
+
+def stored_context_problem(document: str, named: dict[str, torch.Tensor],
+                           chunk_layout: dict[str, tuple[tuple[int, ...], torch.dtype]], overlap: bool) -> str | None:
+    """Why a stored context (`CompressedContext.tensors`) cannot stand for `document` compressed now, or None:
+    `chunk_layout` maps "soft" and "embedding" to the (shape, dtype) of one chunk's. Beyond `entry_problem`'s names,
+    shapes, dtypes and finite values, its chunks must tile the document as the chunker's do: none empty, the first
+    starting at 0, the last ending at its end, each starting after the one before, and where the chunks do not
+    `overlap`, where it ends (else no later)."""
+    spans = named.get("spans")
+    if not isinstance(spans, torch.Tensor) or spans.dtype != torch.long or spans.ndim != 2 or spans.shape[1:] != (4,) \
+            or len(spans) == 0:
+        return "no 'spans' tensor of (chunks, 4) int64"
+    n = len(spans)
+    expected = {name: ((n, *shape), dtype) for name, (shape, dtype) in chunk_layout.items()}
+    problem = entry_problem(named, {**expected, "counts": ((2,), torch.long)})
+    if problem is not None:
+        return problem
+    start, end, tokens, unknown = spans.unbind(1)
+    joined = start[1:] <= end[:-1] if overlap else start[1:] == end[:-1]
+    tiled = (start[0] == 0 and end[-1] == len(document) and bool((end > start).all())
+             and bool((start[1:] > start[:-1]).all()) and bool(joined.all()))
+    if not tiled:
+        return "its chunks do not tile the document"
+    if (tokens < 0).any() or (unknown < 0).any() or (unknown > end - start).any() or named["counts"][0] < 0 \
+            or named["counts"][1] < -1:
+        return "it holds negative or impossible counts"
+    return None
 
 
 _encodings: dict = {}  # cl100k, once found; a miss is not remembered (the cache may be named later)

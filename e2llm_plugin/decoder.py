@@ -360,8 +360,12 @@ class Decoder(nn.Module):
         positions = (ends[:, None] - width + torch.arange(width, device=self.device)).clamp(min=n)  # padding: any
         if cache is not None:
             cache.batch_repeat_interleave(len(prompts))  # the fork's rows: the stored prefix stays as it was
+        # The last position's logits, kept by index: the slice `[:, -1:]` that logits_to_keep=1 takes of a batch is strided,
+        # and torch's matmul then projects it onto the vocabulary row by row (a batched product that reads the whole
+        # output embedding once per row, a fifth of the forward over 16 rows) instead of in one product.
+        last = torch.tensor([width - 1], device=self.device)
         out = model(inputs_embeds=embeds, attention_mask=keys, position_ids=positions, cache=cache, use_cache=True,
-                    logits_to_keep=1)
+                    logits_to_keep=last)
         rngs = [_rng(generation) for _ in prompts]
         answers: list[list[int]] = [[] for _ in prompts]
         live = list(range(len(prompts)))  # the rows still decoding, in the batch's order

@@ -27,9 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapter import build_adapter, mean_pool
-from .chunking import Chunk, Chunker, segments, validate_documents
+from .chunking import CHUNKING_VERSION, Chunk, Chunker, segments, validate_documents
 from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, CallOptions, E2LLMConfig, Mode
-from .context import CompressedContext, PrefixCache, count_cl100k
+from .context import CompressedContext, PrefixCache, count_cl100k, stored_context_problem
 from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, PrefixKey, Prompt, cache_from_tensors, cache_tensors
 from .encoder import ChunkEncoder
 from .errors import CheckpointError, ConfigError, E2LLMError, StoreError, UnreadableTextWarning, check_unicode
@@ -188,8 +188,10 @@ class E2LLM(
 
     def chunk(self, documents, chunk_tokens: int | None = None) -> list[Chunk]:
         """Documents -> chunks of at most `chunk_tokens` encoder tokens (default: the model's), in document order."""
-        chunker = self.chunker if chunk_tokens in (None, self.config.chunk_tokens) else self._chunker(chunk_tokens)
-        return chunker.split(documents)
+        return self._chunker_for(chunk_tokens).split(documents)
+
+    def _chunker_for(self, chunk_tokens: int | None) -> Chunker:
+        return self.chunker if chunk_tokens in (None, self.config.chunk_tokens) else self._chunker(chunk_tokens)
 
     def soft_tokens(self, texts: list[str]) -> torch.Tensor:
         """Chunk texts -> (chunks, k, decoder_dim). In training mode differentiable (the LoRA encoder as trained); in eval
@@ -220,11 +222,37 @@ class E2LLM(
     @torch.inference_mode()
     def compress_each(self, documents, show_progress: bool | None = None, *,
                       chunk_tokens: int | None = None) -> list[CompressedContext]:
-        """One context per document, encoded in shared batches (for callers that cache per document)."""
+        """One context per document, encoded in shared batches (for callers that cache per document).
+
+        A document the store holds whole (compressed before by this model with these chunking settings) is read back in
+        one lookup: its chunks, soft tokens, embeddings and token counts, neither chunked, encoded nor counted again."""
         documents = validate_documents(documents)
+        chunker = self._chunker_for(chunk_tokens)
+        fingerprint = self.fingerprint() if self.store is not None else ""
+        whole = self._context_fingerprint(fingerprint, chunker) if self.store is not None else ""
+        with self._stage("store"):
+            contexts = self._stored_contexts(whole, documents, chunker)
+        new = [i for i in range(len(documents)) if i not in contexts]
+        if new:
+            fresh = self._compress_new([documents[i] for i in new], chunker, fingerprint, show_progress)
+            contexts.update(zip(new, fresh, strict=True))
+            with self._stage("store"):
+                self._store_put(whole, [documents[i] for i in new], [context.tensors() for context in fresh])
+        contexts = [contexts[i] for i in range(len(documents))]
+        for index, context in enumerate(contexts):
+            if context.unknown_share > UNKNOWN_SHARE_WARNING:  # said, never silent: the statistics stay true
+                warnings.warn(
+                    f"document {index}: {context.unknown_share:.0%} of its text is unknown to the encoder "
+                    f"({self.config.encoder}), so its soft tokens carry little of it; use an encoder whose vocabulary "
+                    "covers this text (script, long unbroken strings)", UnreadableTextWarning, stacklevel=3)
+        return contexts
+
+    def _compress_new(self, documents: list[str], chunker: Chunker, fingerprint: str,
+                      show_progress: bool | None) -> list[CompressedContext]:
+        """One context per document: chunked, encoded (each chunk the store lacks) and counted."""
         with self._stage("chunking"):
-            chunks = self.chunk(documents, chunk_tokens)
-        soft, embeddings = self._encode_chunks(chunks, show_progress)
+            chunks = chunker.split(documents)
+        soft, embeddings = self._encode_chunks(chunks, fingerprint, show_progress)
         with self._stage("counting"):  # the statistics: what each document would cost read as text
             costs = [(sum(self.count_tokens(d[a:b]) for a, b in segments(d)), count_cl100k([d])) for d in documents]
         contexts, start = [], 0
@@ -240,32 +268,55 @@ class E2LLM(
                 retrieval_embeddings=embeddings[start : start + len(mine)],
             ))
             start += len(mine)
-        for index, context in enumerate(contexts):
-            if context.unknown_share > UNKNOWN_SHARE_WARNING:  # said, never silent: the statistics stay true
-                warnings.warn(
-                    f"document {index}: {context.unknown_share:.0%} of its text is unknown to the encoder "
-                    f"({self.config.encoder}), so its soft tokens carry little of it; use an encoder whose vocabulary "
-                    "covers this text (script, long unbroken strings)", UnreadableTextWarning, stacklevel=3)
         return contexts
 
-    def _encode_chunks(self, chunks: list[Chunk], show_progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _context_fingerprint(self, fingerprint: str, chunker: Chunker) -> str:
+        """What whole stored contexts are kept under: the chunks' `fingerprint`, the chunking settings and the decoder
+        (whose tokenizer counts a document's tokens), each stored context keyed by its document's text."""
+        header = {"format": 1, "kind": "context", "chunks": fingerprint, "chunking": CHUNKING_VERSION,
+                  "chunk_tokens": chunker.chunk_tokens, "overlap": chunker.overlap, "max_chars": chunker.max_chars,
+                  "decoder": self.config.decoder}
+        return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+
+    def _stored_contexts(self, fingerprint: str, documents: list[str], chunker: Chunker) -> dict[int, CompressedContext]:
+        """The contexts the store holds whole for these documents, by index, each checked against this model
+        (`stored_context_problem`): one that does not fit is compressed again, and the new one replaces it."""
+        found = self._store_get(fingerprint, documents)
+        layout = self._chunk_layout()
+        contexts, unfit = {}, []
+        for i, named in found.items():
+            problem = stored_context_problem(documents[i], named, layout, overlap=chunker.overlap > 0)
+            if problem is None:
+                contexts[i] = CompressedContext.from_tensors(documents[i], named, self.device)
+            else:
+                unfit.append(problem)
+        if unfit:
+            logger.warning("%d contexts of the compressed store do not fit this model (the first: %s); compressing them "
+                           "again", len(unfit), unfit[0])
+        return contexts
+
+    def _chunk_layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Name -> (shape, dtype) of what this model computes for one chunk: its soft tokens and retrieval embedding."""
+        return {"soft": ((self.config.soft_tokens_per_chunk, self.decoder.dim), next(self.adapter.parameters()).dtype),
+                "embedding": ((self.encoder.dim,), torch.float32)}
+
+    def _encode_chunks(self, chunks: list[Chunk], fingerprint: str,
+                       show_progress: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft tokens (n, k, d) and retrieval embeddings (n, d_enc) of chunks: from the store where it holds them and
         they fit this model, else encoded (one encoder pass gives both, once per distinct text) in batches of similar
         length, and stored batch by batch, so an interrupted compression of a huge corpus keeps what it did."""
 
         texts = [c.text for c in chunks]
-        fingerprint = self.fingerprint() if self.store is not None else ""
         with self._stage("store"):
             found = self._store_get(fingerprint, texts)
-        # What this model computes: an entry of another shape, dtype or with a NaN was written wrong; it is recomputed,
-        # and the recomputed entry replaces it in the store.
-        expected = {"soft": ((self.config.soft_tokens_per_chunk, self.decoder.dim), next(self.adapter.parameters()).dtype),
-                    "embedding": ((self.encoder.dim,), torch.float32)}
-        unfit = {}
+        # An entry of another shape, dtype or with a NaN was written wrong; it is recomputed, and the recomputed entry
+        # replaces it in the store.
+        expected = self._chunk_layout()
+        unfit, device = {}, self.device
         for i, named in list(found.items()):
             problem = entry_problem(named, expected)
             if problem is None:
-                found[i] = {name: named[name].to(self.device) for name in expected}
+                found[i] = {name: named[name].to(device) for name in expected}
             else:
                 unfit[texts[i]] = problem
                 del found[i]

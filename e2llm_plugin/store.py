@@ -1,10 +1,13 @@
 """A persistent store of compressed chunks: compress a document once, ask it many questions, across runs and processes.
 
-It holds two kinds of entries, which it treats alike: a chunk's soft tokens and retrieval embedding, under the model's
-`fingerprint()` and keyed by the chunk's text; and the decoder's KV cache of a context's prompt prefix ([template · soft
-tokens]), under the decoder's own fingerprint and keyed by the prefix's digest, so that a new process answering about a
-stored context reads it instead of prefilling it (for SmolLM2, 46,080 bytes per position: 57 MB for the 1,242-position
-prefix of a 100k-token document, which takes seconds to prefill).
+It holds three kinds of entries, which it treats alike: a chunk's soft tokens and retrieval embedding, under the model's
+`fingerprint()` and keyed by the chunk's text; a document's whole context (its chunks' spans, soft tokens, embeddings
+and token counts: `CompressedContext.tensors`), under that fingerprint with the chunking settings and keyed by the
+document's text, so that a process handed the same text reads it in one lookup instead of chunking and counting it
+again; and the decoder's KV cache of a context's prompt prefix ([template · soft tokens]), under the decoder's own
+fingerprint and keyed by the prefix's digest, so that a new process answering about a stored context reads it instead
+of prefilling it (for SmolLM2, 46,080 bytes per position: 57 MB for the 1,242-position prefix of a 100k-token
+document, which takes seconds to prefill).
 
 One SQLite file (the standard library's `sqlite3`) holds one entry per key text and fingerprint:
 
@@ -88,8 +91,9 @@ _SCHEMA = (
 class Store(Protocol):
     """What `E2LLM(store=...)` needs of a store of compressed chunks: `CompressedStore` is one; any object with these
     methods is another (a shared server, say). Entries are named tensors per (fingerprint, key text): chunks under the
-    model's fingerprint, keyed by their text, and prompt prefixes' KV caches under the decoder's, keyed by the prefix's
-    digest (see the module's notes), through the same two methods, so every store keeps both. A store may keep fewer
+    model's fingerprint, keyed by their text, whole documents' contexts beside them, keyed by the document's text, and
+    prompt prefixes' KV caches under the decoder's, keyed by the prefix's digest (see the module's notes), through the
+    same two methods, so every store keeps all three. A store may keep fewer
     entries than it is given (a bound, say, or none of the large ones): whatever it misses is computed again. A store
     that cannot serve raises `StoreError`: the model then warns and carries on without it."""
 

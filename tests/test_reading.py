@@ -131,9 +131,11 @@ def test_any_object_with_the_store_protocol_is_a_store(tiny_config, tmp_path):
     store = DictStore()
     model = E2LLM(tiny_config, store=store)
     first = model.compress([LOREM])
-    assert store.calls == ["get_many", "put_many"] and store.stats()["entries"] == first.num_chunks
+    # The document's whole context (none), its chunks (none); the chunks encoded and put, then the whole context.
+    assert store.calls == ["get_many", "get_many", "put_many", "put_many"]
+    assert store.stats()["entries"] == first.num_chunks + 1
     again = model.compress([LOREM])
-    assert store.calls[2:] == ["get_many"]  # every chunk served by the store: nothing encoded or put
+    assert store.calls[4:] == ["get_many"]  # the whole context served in one lookup: nothing chunked, encoded or put
     torch.testing.assert_close(again.soft_tokens, first.soft_tokens, rtol=0, atol=0)
     with pytest.raises(E2LLMError):
         E2LLM(tiny_config, store=object())
@@ -150,7 +152,8 @@ def test_a_failing_store_is_warned_about_and_compression_carries_on(tiny_config,
     model = E2LLM(tiny_config, store=Broken())
     with caplog.at_level(logging.WARNING, logger="e2llm_plugin.model"):
         context = model.compress([LOREM])
-    assert context.num_chunks > 0 and len(caplog.records) == 2
+    # Each failed call said: the whole context's and the chunks' lookups, the chunks' and the whole context's writes.
+    assert context.num_chunks > 0 and len(caplog.records) == 4
 
 
 def test_the_fingerprint_sees_edits_torch_does_not_count(tiny_config):

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from e2llm_plugin import E2LLM
+from e2llm_plugin.chunking import Chunker
 from e2llm_plugin.store import CompressedStore
 
 TESTS = os.path.dirname(__file__)
@@ -230,6 +231,10 @@ def test_the_shipped_model_answers_from_a_stored_prefix_as_from_a_prefilled_one(
                  for mode in ("soft", "hybrid")}
     second = E2LLM.from_pretrained(store=tmp_path / "s.sqlite")
     forwards = count_forwards(second, monkeypatch)
+    chunked = []
+    split = Chunker.split
+    monkeypatch.setattr(Chunker, "split", lambda self, documents: chunked.append(1) or split(self, documents))
     for mode, answers in prefilled.items():
         assert [second.generate(q, documents=[text], mode=mode, max_new_tokens=24) for q in questions] == answers
     assert "prefix" not in forwards and forwards.count("rest") == 4
+    assert chunked == []  # the text's whole context came from the store
