@@ -520,11 +520,14 @@ class E2LLMQueryEngine(RetrieverQueryEngine):
                        transformations=None, show_progress: bool = False, **kwargs: Any) -> E2LLMQueryEngine:
         """An engine reading all of `documents` (LlamaIndex `Document`s), through a `SummaryIndex`.
 
-        transformations default to a `SentenceSplitter` without overlap: E2LLM reads every node anyway, so an
-        overlap would only be read twice. Other keyword arguments go to `from_index`.
+        transformations default to a `SentenceSplitter` without overlap (E2LLM reads every node anyway, so an
+        overlap would only be read twice) that ends nodes at line ends: a node cut inside a line parts a label from its
+        value ("National holiday: " | "Independence Day, ..."), and the ranking finds the label's chunk, not the value's.
+        Other keyword arguments go to `from_index`.
         """
         documents = _check_documents(documents)
-        transformations = transformations if transformations is not None else [SentenceSplitter(chunk_overlap=0)]
+        if transformations is None:
+            transformations = [SentenceSplitter(chunk_overlap=0, paragraph_separator="\n")]
         index = SummaryIndex.from_documents(documents, transformations=transformations, show_progress=show_progress,
                                             callback_manager=kwargs.get("callback_manager"))
         return cls.from_index(index, model, streaming, mode, show_progress=show_progress, **kwargs)
