@@ -178,9 +178,9 @@ class E2LLMEmbedding(BaseEmbedding):
     """The E2LLM encoder's sentence embeddings (`E2LLM.embed`: its mean-pooled states) as an offline LlamaIndex
     embedding model.
 
-    For the shipped checkpoint that is all-MiniLM-L6-v2 with its LoRA: the same similarity hybrid reading ranks chunks
-    by, so a `VectorStoreIndex` can be built and queried with no embedding service. Texts longer than the encoder's window
-    are truncated, so keep nodes short (`SentenceSplitter(chunk_size=256)`) when embedding with it.
+    For the shipped checkpoint that is all-MiniLM-L6-v2 with its LoRA: the same embeddings hybrid reading ranks chunks
+    by (fused with BM25), so a `VectorStoreIndex` can be built and queried with no embedding service. Texts longer than
+    the encoder's window are truncated, so keep nodes short (`SentenceSplitter(chunk_size=256)`) when embedding with it.
     """
 
     _model: E2LLM = PrivateAttr()
