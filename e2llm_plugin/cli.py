@@ -137,8 +137,8 @@ def _partly_read(answer, context) -> str:
     from .reading import reader_for  # torch and the model code load only when a question is asked
 
     reads_soft = reader_for(answer.mode).reads_soft
-    why = ("the documents exceed the decoder's window: those most similar to the question" if reads_soft else
-           "as raw passages, those most similar to the question")
+    why = ("the documents exceed the decoder's window: those ranked best for the question" if reads_soft else
+           "as raw passages, those ranked best for the question")
     return f"; read {answer.chunks_read} of {context.num_chunks} chunks ({why})"
 
 

@@ -28,6 +28,7 @@ Mode = Literal["soft", "hybrid", "rag"]
 AdapterKind = Literal["vpma", "mlp"]
 Precision = Literal["auto", "fp32", "bf16"]
 Expansion = Literal["replace", "duplicate"]
+Ranking = Literal["fused", "dense"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 ADAPTERS: tuple[str, ...] = typing.get_args(AdapterKind)
 
@@ -189,6 +190,11 @@ class E2LLMConfig:
     hybrid_expansion: Expansion = setting("replace", help="how hybrid reads a chunk it expands to raw text: replace "
                                           "(its soft tokens are hidden from the question and the answer) or duplicate "
                                           "(read both as soft tokens and as raw text)", flag=READING)
+    # Which chunks hybrid and rag read as raw text (and soft mode reads when a context overflows the window). Dense
+    # ranking alone misses a question that names its answer line's words among many similar lines; "dense" is how
+    # checkpoints before this option ranked.
+    ranking: Ranking = setting("fused", help="how chunks are ranked for a question: fused (BM25 over their words and the "
+                               "encoder's cosine similarity, by reciprocal rank fusion) or dense (cosine only)", flag=READING)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
     generation: GenerationConfig = setting(factory=GenerationConfig, help="how answers are decoded (greedy by default)")
     encoder_batch_size: int = setting(32, help="chunks encoded per forward pass", low=1, high=65536)

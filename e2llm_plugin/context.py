@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .chunking import Chunk, unknown_share
+from .ranking import Bm25
 from .store import entry_problem
 
 
@@ -49,6 +50,9 @@ class CompressedContext:
     num_source_tokens_cl100k: int | None = None  # the same in OpenAI's cl100k tokens, where tiktoken's files exist
     # Unit-length sentence embeddings of the chunks, computed on first use by hybrid reading.
     retrieval_embeddings: torch.Tensor | None = field(default=None, repr=False)
+    # BM25 statistics of the chunks' words, built on first use by fused ranking (never joined by `concat`: they depend
+    # on every chunk of the context).
+    lexical_index: Bm25 | None = field(default=None, repr=False, compare=False)
     prefix_cache: PrefixCache = field(default_factory=PrefixCache, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -58,6 +62,13 @@ class CompressedContext:
             if self.retrieval_embeddings is None:
                 self.retrieval_embeddings = embed([c.text for c in self.chunks])
             return self.retrieval_embeddings
+
+    def ensure_lexical_index(self) -> Bm25:
+        """The chunks' BM25 index, built once even when threads ask together."""
+        with self._lock:
+            if self.lexical_index is None:
+                self.lexical_index = Bm25([c.text for c in self.chunks])
+            return self.lexical_index
 
     @property
     def num_chunks(self) -> int:

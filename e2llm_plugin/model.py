@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,14 @@ from tqdm.auto import tqdm
 
 from .adapter import build_adapter, mean_pool
 from .chunking import CHUNKING_VERSION, Chunk, Chunker, segments, validate_documents
-from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, CallOptions, E2LLMConfig, Mode
+from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, CallOptions, E2LLMConfig, Mode, Ranking
 from .context import CompressedContext, PrefixCache, count_cl100k, stored_context_problem
 from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, PrefixKey, Prompt, cache_from_tensors, cache_tensors
 from .encoder import ChunkEncoder
 from .errors import CheckpointError, ConfigError, E2LLMError, StoreError, UnreadableTextWarning, check_unicode
 from .files import recover, write_directory
 from .merged import is_trained
+from .ranking import fuse
 from .reading import TEACHER, RagReader, Reading, fit_passages, reader_for
 from .store import CompressedStore, Store, default_store_path, entry_problem
 from .tasks import Task
@@ -85,13 +87,13 @@ class Answer:
     context: CompressedContext | None  # None for a chat turn or raw text (`E2LLM.chat`, `E2LLM.answer_text`)
     mode: str  # "soft", "hybrid", "rag", "chat" or "text"
     prompt_tokens: int  # decoder positions read before the answer (soft + text)
-    passages: list[tuple[int, float]] = field(default_factory=list)  # (chunk index, similarity) read as raw text
-    # Chunks read: all of the context's unless its soft tokens overflow the decoder's window (then the most similar to
+    passages: list[tuple[int, float]] = field(default_factory=list)  # (chunk index, ranking score) read as raw text
+    # Chunks read: all of the context's unless its soft tokens overflow the decoder's window (then the best ranked for
     # the question); in rag mode, the passages read.
     chunks_read: int = 0
     completion_tokens: int = 0
     text: str = ""
-    # Every chunk by similarity to the question, most similar first, where the reading ranked them (hybrid, rag, and soft
+    # Every chunk by `rank_chunks`' score for the question, best first, where the reading ranked them (hybrid, rag, and soft
     # when the chunks overflow the window); else None. Integrations score their sources with it.
     ranking: list[tuple[int, float]] | None = None
     _pieces: Iterator[str] | None = field(default=None, repr=False)
@@ -395,16 +397,25 @@ class E2LLM(
 
     # ---- reading ---------------------------------------------------------------------------------------------
     def rank_chunks(self, question: str, context: CompressedContext) -> list[tuple[int, float]]:
-        """(chunk index, cosine similarity) for every chunk, most similar first, by `embed`'s sentence embeddings."""
+        """(chunk index, score) for every chunk, best first. With the config's `ranking="fused"`, the cosine similarity
+        of `embed`'s sentence embeddings and BM25 over the chunks' words (`e2llm_plugin.ranking`), fused by their ranks:
+        the score is in (0, 1], 1.0 for a chunk first by both. With `ranking="dense"`, the cosine similarity alone.
+        Both the embeddings and the BM25 index are computed once per context."""
+        if not context.chunks:
+            return []
         with self._stage("ranking"):
             chunks = context.ensure_retrieval_embeddings(self.embed)
-            scores = (chunks @ self.embed([question])[0]).tolist()
-        return sorted(enumerate(scores), key=lambda item: -item[1])
+            cosine = (chunks @ self.embed([question])[0]).tolist()
+            if self.config.ranking == "dense":
+                return sorted(enumerate(cosine), key=lambda item: -item[1])
+            if self.config.ranking != "fused":  # the config is checked when built; a later assignment is checked here
+                raise ConfigError(f"ranking must be one of {typing.get_args(Ranking)}, got {self.config.ranking!r}")
+            return fuse(cosine, context.ensure_lexical_index().scores(question))
 
     def select_passages(self, question: str, context: CompressedContext, budget: int, *, exclude=frozenset(),
                         include=frozenset()) -> list[tuple[int, float]]:
-        """The most similar chunks whose raw text fits `budget` decoder tokens, in document order. Training steers it:
-        chunks in `exclude` are never chosen, chunks in `include` are taken first."""
+        """The best-ranked chunks (`rank_chunks`) whose raw text fits `budget` decoder tokens, in document order.
+        Training steers it: chunks in `exclude` are never chosen, chunks in `include` are taken first."""
         return fit_passages(self, context, self.rank_chunks(question, context), budget, exclude, include)
 
     @staticmethod

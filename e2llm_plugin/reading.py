@@ -6,17 +6,17 @@ caller goes through it: answering (`E2LLM.read`, `E2LLM.answer`), the training l
 teacher included), the training data's size estimate (`training.data.decoder_positions`), the evaluation and the
 bench. A new mode is one reader class and one line in `READERS`.
 
-- ``soft``: every chunk as its soft tokens (the paper); if they overflow the decoder's window, the chunks most similar
-  to the question that fit.
-- ``hybrid``: the same, plus the raw text of the most similar chunks within a token budget, after the soft tokens.
+- ``soft``: every chunk as its soft tokens (the paper); if they overflow the decoder's window, the chunks ranked best
+  for the question that fit.
+- ``hybrid``: the same, plus the raw text of the best-ranked chunks within a token budget, after the soft tokens.
   A chunk read as raw text is read once (`hybrid_expansion="replace"`, REFRAG's expansion): its soft tokens stay in
   the cacheable [template · soft tokens] prefix, computed as they are, and are hidden from every position after it
   (`Prompt.hidden_prefix_positions`), so one prefix KV cache serves every question. `"duplicate"` reads it both ways.
-- ``rag``: only the raw text of the most similar chunks, in the soft tokens' place (the classic baseline).
+- ``rag``: only the raw text of the best-ranked chunks, in the soft tokens' place (the classic baseline).
 
-A reader returns a `Reading`: the prompt, the passages read as raw text, how many chunks it read, and the ranking of
-every chunk by similarity to the question where it ranked them (so nothing downstream ranks a second time). Readers
-use only the public verbs of `E2LLM` and its `Decoder`.
+A reader returns a `Reading`: the prompt, the passages read as raw text, how many chunks it read, and every chunk as
+`E2LLM.rank_chunks` ranked it for the question, where it ranked them (so nothing downstream ranks a second time).
+Readers use only the public verbs of `E2LLM` and its `Decoder`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Ranking = list[tuple[int, float]]  # (chunk index, cosine similarity), most similar first
+Ranking = list[tuple[int, float]]  # (chunk index, score), best first (`E2LLM.rank_chunks`)
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ class Reading:
 
     mode: Mode
     prompt: Prompt
-    passages: Ranking  # (chunk index, similarity) read as raw text, in document order
+    passages: Ranking  # (chunk index, score) read as raw text, in document order
     chunks_read: int  # chunks read as soft tokens (rag: passages read)
-    ranking: Ranking | None  # every chunk, most similar first; None where the reading ranked none (soft, all fit)
+    ranking: Ranking | None  # every chunk, best first; None where the reading ranked none (soft, all fit)
 
 
 class Reader:
@@ -107,8 +107,8 @@ class SoftReader(Reader):
     @staticmethod
     def _chunks_that_fit(model: E2LLM, context: CompressedContext, ranking: Callable[[], Ranking], instruction: str,
                          raw: str | None, max_new_tokens: int, history: list[dict] | None, training: bool) -> list[int]:
-        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt; else the chunks most
-        similar to the question that fit, in document order (a document of any length can be asked; `chunks_read` says
+        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt; else the chunks ranked
+        best for the question that fit, in document order (a document of any length can be asked; `chunks_read` says
         how many were read). Training reads whole contexts or none: there, a context that does not fit is an error."""
         n, k = context.soft_tokens.shape[:2]
         frame = model.decoder.build_prompt(context.soft_tokens[:0].flatten(0, 1), instruction, raw, history=history).num_tokens
@@ -120,7 +120,7 @@ class SoftReader(Reader):
                 f"the question, chat history and raw passages take {frame} of the decoder's {model.context_window} "
                 f"positions (+{max_new_tokens} to generate), leaving none for the document; shorten them or lower max_new_tokens"
             )
-        logger.info("the context's %d chunks overflow the decoder's window: reading the %d most similar to the question", n, room)
+        logger.info("the context's %d chunks overflow the decoder's window: reading the %d ranked best for the question", n, room)
         return sorted(i for i, _ in ranking()[:room])
 
 
@@ -129,7 +129,7 @@ class HybridReader(SoftReader):
     reads_raw = True
 
     def passages(self, model, context, ranking, raw_tokens, exclude, include) -> Ranking:
-        """The most similar chunks within the raw budget (the config's `hybrid_raw_tokens` unless `raw_tokens`)."""
+        """The best-ranked chunks within the raw budget (the config's `hybrid_raw_tokens` unless `raw_tokens`)."""
         budget = model.config.hybrid_raw_tokens if raw_tokens is None else raw_tokens
         return fit_passages(model, context, ranking(), budget, exclude, include) if budget > 0 else []
 
@@ -196,10 +196,10 @@ def reader_for(mode: str) -> Reader:
 
 def fit_passages(model: E2LLM, context: CompressedContext, ranking: Ranking, budget: int,
                  exclude: Collection[int] = frozenset(), include: Collection[int] = frozenset()) -> Ranking:
-    """The most similar chunks of `ranking` whose raw text fits `budget` decoder tokens, in document order. Training
+    """The best chunks of `ranking` whose raw text fits `budget` decoder tokens, in document order. Training
     steers it: chunks in `exclude` are never chosen, chunks in `include` are taken first."""
     ranked = [item for item in ranking if item[0] not in exclude]
-    ranked.sort(key=lambda item: item[0] not in include)  # stable: similarity order within each group
+    ranked.sort(key=lambda item: item[0] not in include)  # stable: ranking order within each group
     chosen, used = [], 0
     for index, score in ranked:
         cost = model.count_tokens(context.chunks[index].text)

@@ -339,6 +339,13 @@ def test_hybrid_expansion_is_chosen_per_run(tiny_checkpoint, data_files, tmp_pat
         assert json.loads((tmp_path / expansion / "results.json").read_text())["config"]["hybrid_expansion"] == expansion
 
 
+def test_ranking_is_chosen_per_run(tiny_checkpoint, data_files, tmp_path):
+    argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[1]), "--methods", "rag_tuned", "--max-new-tokens", "2"]
+    for ranking in ("dense", "fused"):
+        assert main([*argv, "--out", str(tmp_path / ranking), "--ranking", ranking]) == 0
+        assert json.loads((tmp_path / ranking / "results.json").read_text())["config"]["ranking"] == ranking
+
+
 @pytest.mark.slow
 def test_shipped_checkpoint_end_to_end(tmp_path):
     from pathlib import Path

@@ -4,6 +4,7 @@ Tiny random models keep these fast; the `slow` test runs the shipped checkpoint 
 """
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,7 @@ from e2llm_plugin.integrations.llama_index import E2LLMCompressionEvent
 
 STATS_KEYS = {"chunks", "chunks_read", "soft_tokens", "source_tokens", "compression_ratio", "mode"}
 QUESTION = "When is the National Day?"
+EXAMPLE = Path(__file__).parent.parent / "examples" / "factbook_finland.txt"
 
 
 def documents():
@@ -193,6 +195,15 @@ def test_passages_are_shaped_as_in_langchain_and_ranked_once(tiny_model, monkeyp
     assert all(p["source"] is None for p in langchain)
 
 
+def test_default_nodes_end_at_line_ends(tiny_model):
+    """A node cut inside a line would part a label from its value ("National holiday: " | "Independence Day, ...")."""
+    text = EXAMPLE.read_text(encoding="utf-8")  # LlamaIndex's plain SentenceSplitter cuts 3 of its lines
+    engine = E2LLMQueryEngine.from_documents([Document(text=text)], model=tiny_model)
+    nodes = [n.node.get_content().splitlines() for n in engine.retriever.retrieve(QueryBundle(QUESTION))]
+    assert len(nodes) > 1
+    assert all(any(line in node for node in nodes) for line in text.splitlines() if line.strip())
+
+
 def test_every_integration_class_names_its_model_e2llm(tiny_model):
     synthesizer = E2LLMSynthesizer(tiny_model)
     engine = E2LLMQueryEngine.from_documents(documents(), model=tiny_model, transformations=[splitter()])
@@ -325,3 +336,13 @@ def test_shipped_checkpoint_over_a_summary_index(shipped):
         return "".join([piece async for piece in result.async_response_gen()])
 
     assert asyncio.run(astream()) == response.response
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_answers_the_holiday_question(shipped):
+    from llama_index.core import SimpleDirectoryReader
+
+    engine = E2LLMQueryEngine.from_documents(SimpleDirectoryReader(input_files=[str(EXAMPLE)]).load_data(), model=shipped)
+    response = engine.query("What is the national holiday of Finland?")
+    assert "6 December" in response.response
+    assert any("National holiday: Independence Day, 6 December" in p["text"] for p in response.metadata["e2llm"]["passages"])

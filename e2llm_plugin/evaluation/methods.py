@@ -10,8 +10,8 @@ decoder); ``rag_tuned``, soft and hybrid with it on. That decoder was fine-tuned
 passages, if trained with ``--mode hybrid``), never on raw passages alone; ``rag_ft`` is the text baseline: a
 separate checkpoint whose decoder LoRA was fine-tuned on the same QA data as text RAG (``finetune --mode rag``),
 given with ``--rag-model``.
-Every RAG method reads the same passages (E2LLM's "rag" mode: the chunks most similar to the question by the base
-encoder, raw text, in as many decoder positions as hybrid reads).
+Every RAG method reads the same passages (E2LLM's "rag" mode: the chunks `E2LLM.rank_chunks` ranks best for the
+question, raw text, in as many decoder positions as hybrid reads).
 
 Cost accounting: a context is chunked and compressed once and shared. Each method's time to first token counts the
 shared stages it needs (compression for soft/hybrid; chunking and the chunks' retrieval embeddings for RAG and
@@ -47,12 +47,12 @@ DESCRIPTIONS = {
     "closed_book": "base decoder, the question alone (no context)",
     "truncation": "base decoder, the first context tokens that fit the window",
     "full_context": "base decoder, the whole context as text (only where it fits the window, else n/a)",
-    "rag_base": "base decoder, top chunks by the encoder's cosine similarity, raw text, at hybrid's decoder-token budget",
+    "rag_base": "base decoder, top chunks by the model's ranking (config ranking), raw text, at hybrid's decoder-token budget",
     "rag_tuned": "the same passages read by the E2LLM LoRA decoder (fine-tuned on QA with soft prompts, never on raw passages "
                  "alone)",
     "rag_ft": "the same passages read by a decoder LoRA fine-tuned for text RAG on the same QA data (--rag-model)",
     "soft": "E2LLM: every chunk as soft tokens",
-    "hybrid": "E2LLM: every chunk as soft tokens plus the raw text of the most similar chunks",
+    "hybrid": "E2LLM: every chunk as soft tokens plus the raw text of the best-ranked chunks",
 }
 
 

@@ -191,8 +191,8 @@ def passages_metadata(answer: Answer, sources: Sequence[str | None] | None = Non
     """The chunks `answer` read as raw text (hybrid and rag modes; none in soft), in document order, each as
     ``{"document", "source", "start", "end", "score", "text"}``: the index of the text it comes from among those read
     (a node, a Document, a long message), that text's id where the framework gives one (`sources[document]`, a node id;
-    else None), the passage's character span in that text, its cosine similarity to the question (4 decimals), and
-    the passage itself."""
+    else None), the passage's character span in that text, its ranking score for the question (`E2LLM.rank_chunks`, 4
+    decimals), and the passage itself."""
     chunks = answer.context.chunks if answer.context is not None else []
     metadata = []
     for index, score in answer.passages:

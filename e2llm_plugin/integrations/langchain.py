@@ -112,8 +112,8 @@ class ChatE2LLM(BaseChatModel):
     temperature: float | None = None
     """Only None or 0: decoding is greedy (accepted because LangChain code commonly passes temperature=0)."""
     mode: Mode | None = None
-    """"soft": long text as soft tokens only (the paper); "hybrid": plus the raw text of the passages most similar
-    to the question; "rag": those passages' raw text only. None: the checkpoint's default."""
+    """"soft": long text as soft tokens only (the paper); "hybrid": plus the raw text of the passages ranked
+    best for the question; "rag": those passages' raw text only. None: the checkpoint's default."""
     long_text_tokens: int = Field(default=256, ge=0)
     """Text pieces longer than this many decoder tokens are compressed; shorter ones stay in the chat."""
     streaming: bool = False

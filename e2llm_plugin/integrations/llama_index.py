@@ -178,9 +178,9 @@ class E2LLMEmbedding(BaseEmbedding):
     """The E2LLM encoder's sentence embeddings (`E2LLM.embed`: its mean-pooled states) as an offline LlamaIndex
     embedding model.
 
-    For the shipped checkpoint that is all-MiniLM-L6-v2 with its LoRA: the same similarity hybrid reading ranks chunks
-    by, so a `VectorStoreIndex` can be built and queried with no embedding service. Texts longer than the encoder's window
-    are truncated, so keep nodes short (`SentenceSplitter(chunk_size=256)`) when embedding with it.
+    For the shipped checkpoint that is all-MiniLM-L6-v2 with its LoRA: the same embeddings hybrid reading ranks chunks
+    by (fused with BM25), so a `VectorStoreIndex` can be built and queried with no embedding service. Texts longer than
+    the encoder's window are truncated, so keep nodes short (`SentenceSplitter(chunk_size=256)`) when embedding with it.
     """
 
     _model: E2LLM = PrivateAttr()
@@ -520,11 +520,14 @@ class E2LLMQueryEngine(RetrieverQueryEngine):
                        transformations=None, show_progress: bool = False, **kwargs: Any) -> E2LLMQueryEngine:
         """An engine reading all of `documents` (LlamaIndex `Document`s), through a `SummaryIndex`.
 
-        transformations default to a `SentenceSplitter` without overlap: E2LLM reads every node anyway, so an
-        overlap would only be read twice. Other keyword arguments go to `from_index`.
+        transformations default to a `SentenceSplitter` without overlap (E2LLM reads every node anyway, so an
+        overlap would only be read twice) that ends nodes at line ends: a node cut inside a line parts a label from its
+        value ("National holiday: " | "Independence Day, ..."), and the ranking finds the label's chunk, not the value's.
+        Other keyword arguments go to `from_index`.
         """
         documents = _check_documents(documents)
-        transformations = transformations if transformations is not None else [SentenceSplitter(chunk_overlap=0)]
+        if transformations is None:
+            transformations = [SentenceSplitter(chunk_overlap=0, paragraph_separator="\n")]
         index = SummaryIndex.from_documents(documents, transformations=transformations, show_progress=show_progress,
                                             callback_manager=kwargs.get("callback_manager"))
         return cls.from_index(index, model, streaming, mode, show_progress=show_progress, **kwargs)
