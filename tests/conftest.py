@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -67,6 +68,19 @@ def data(tmp_path_factory):
     evaluation = root / "eval.jsonl"
     evaluation.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return train, evaluation
+
+
+@contextlib.contextmanager
+def configured(model: E2LLM, **settings):
+    """The model's config with ``settings`` set for the block (unvalidated, as a user assigning them would), then restored."""
+    before = {name: getattr(model.config, name) for name in settings}
+    for name, value in settings.items():
+        setattr(model.config, name, value)
+    try:
+        yield model
+    finally:
+        for name, value in before.items():
+            setattr(model.config, name, value)
 
 
 def build_tiny_model(config: E2LLMConfig, seed: int = 0) -> E2LLM:

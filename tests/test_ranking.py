@@ -3,12 +3,12 @@ default), against the cosine alone (`ranking="dense"`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import configured
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,15 +26,6 @@ FIELDS = ["Capital: Helsinki", "Constitution: 1 March 2000", "Legal system: civi
           "Citizenship: by descent only", "Administrative divisions: 19 regions", "Independence: 6 December 1917"]
 QUESTION = "What is the national holiday of Finland?"
 
-
-@contextlib.contextmanager
-def ranking(model: E2LLM, name: str):
-    before = model.config.ranking
-    model.config.ranking = name
-    try:
-        yield
-    finally:
-        model.config.ranking = before
 
 
 def profile(model: E2LLM) -> CompressedContext:
@@ -85,7 +76,7 @@ def test_fused_ranking_is_a_permutation_of_every_chunk(texts, question, data):
 def test_a_question_naming_a_lines_words_ranks_that_line_first_where_dense_alone_does_not(tiny_model):
     ctx = profile(tiny_model)
     holiday = next(i for i, c in enumerate(ctx.chunks) if "National holiday" in c.text)
-    with ranking(tiny_model, "dense"):
+    with configured(tiny_model, ranking="dense"):
         dense = tiny_model.rank_chunks(QUESTION, ctx)
     assert dense[0][0] != holiday  # the tiny encoder is random: only the words can find it
     cosine = dict(dense)
@@ -139,7 +130,7 @@ def test_ranking_is_a_checked_reading_option_and_old_checkpoints_get_the_default
     flag = next(f for f in config_flags() if f.name == "ranking")
     assert flag.group == "reading" and flag.choices == ("fused", "dense")
     ctx = profile(tiny_model)
-    with ranking(tiny_model, "bm25"), pytest.raises(ConfigError, match="ranking"):  # set after validation
+    with configured(tiny_model, ranking="bm25"), pytest.raises(ConfigError, match="ranking"):  # set after validation
         tiny_model.rank_chunks(QUESTION, ctx)
 
 

@@ -1,14 +1,13 @@
 """The reading modes (`e2llm_plugin.reading`) and the contracts around them: the store protocol, the call options, the
 trained-parameter rule, the adapter registry. Tiny random models, public verbs only."""
 
-import contextlib
 import dataclasses
 import logging
 import typing
 
 import pytest
 import torch
-from conftest import LOREM, build_tiny_model
+from conftest import LOREM, build_tiny_model, configured
 
 from e2llm_plugin import E2LLM, CompressedContext
 from e2llm_plugin import decoder as decoder_module
@@ -214,7 +213,7 @@ def test_replace_hides_exactly_the_expanded_chunks_soft_positions(k2_model, fact
     hidden = list(replace.prompt.hidden_prefix_positions)
     assert len(hidden) == 2 * len(replace.passages) and max(hidden) < replace.prompt.prefix_tokens
     torch.testing.assert_close(replace.prompt.embeds[0, hidden], _expanded(k2_model, replace, facts), rtol=0, atol=0)
-    with _expansion(k2_model, "duplicate"):
+    with configured(k2_model, hybrid_expansion="duplicate"):
         duplicate = k2_model.read("How long is the green river?", facts, "hybrid", raw_tokens=40)
     assert duplicate.prompt.hidden_prefix_positions == () and duplicate.passages == replace.passages
     # The same prompt, the same cacheable prefix: only what the question and the answer see differs.
@@ -325,7 +324,7 @@ def test_one_prefix_serves_every_question_and_a_reused_one_answers_as_a_fresh_on
 def test_duplicate_reads_as_before(k2_model, facts):
     """`duplicate`: the whole prompt read causally with nothing masked (a prompt with nothing hidden passes no mask at
     all, so generation runs exactly the code it ran before the option existed)."""
-    with _expansion(k2_model, "duplicate"):
+    with configured(k2_model, hybrid_expansion="duplicate"):
         reading = k2_model.read("Which river flows east?", facts, "hybrid", raw_tokens=40)
         ids, logits = _generated(k2_model, reading.prompt, 6, facts.prefix_cache)
     assert reading.prompt.attention_mask() is None
@@ -333,15 +332,6 @@ def test_duplicate_reads_as_before(k2_model, facts):
     assert ids == by_hand[0]
     torch.testing.assert_close(logits, by_hand[1], rtol=1e-4, atol=1e-5)
 
-
-@contextlib.contextmanager
-def _expansion(model, expansion):
-    before = model.config.hybrid_expansion
-    model.config.hybrid_expansion = expansion
-    try:
-        yield
-    finally:
-        model.config.hybrid_expansion = before
 
 
 def _training_context(model, chunks):
@@ -359,7 +349,7 @@ def test_the_training_loss_reads_as_answering_does(k2_model, expansion):
     the hidden positions masked from everything after the prefix (duplicate: a plain causal forward)."""
     chunks = k2_model.chunk([" ".join(FACTS)])
     task = Task("reasoning", chunks, "toward the east", "Which river flows east?", mode="hybrid")
-    with _expansion(k2_model, expansion), torch.no_grad():
+    with configured(k2_model, hybrid_expansion=expansion), torch.no_grad():
         loss = k2_model(task)
         prompt = k2_model.read(task.question, _training_context(k2_model, chunks), "hybrid", target=task.target).prompt
         assert bool(prompt.hidden_prefix_positions) == (expansion == "replace")
@@ -373,7 +363,7 @@ def test_the_training_loss_reads_as_answering_does(k2_model, expansion):
         longer = Task("reasoning", k2_model.chunk([" ".join(FACTS * 2)]), "north", "Which river flows north?", mode="hybrid")
         restate = Task("understanding", chunks[:1], chunks[0].text)
         torch.testing.assert_close(k2_model([longer, task, restate])[1], loss, rtol=1e-5, atol=1e-5)
-    with _expansion(k2_model, "duplicate" if expansion == "replace" else "replace"), torch.no_grad():
+    with configured(k2_model, hybrid_expansion="duplicate" if expansion == "replace" else "replace"), torch.no_grad():
         assert not torch.allclose(k2_model(task), loss)  # the two readings differ
 
 
@@ -396,7 +386,8 @@ def test_hybrid_expansion_is_a_checked_reading_option(tiny_checkpoint, tmp_path,
         E2LLMConfig(hybrid_expansion="both")
     flag = next(f for f in config_flags() if f.name == "hybrid_expansion")
     assert flag.group == "reading" and flag.choices == ("replace", "duplicate")
-    with _expansion(k2_model, "both"), pytest.raises(ConfigError, match="hybrid_expansion"):  # set after validation
+    # set after validation: the reader checks it
+    with configured(k2_model, hybrid_expansion="both"), pytest.raises(ConfigError, match="hybrid_expansion"):
         k2_model.read("Which river is red?", facts, "hybrid")
 
 
@@ -410,7 +401,7 @@ def test_the_shipped_checkpoint_answers_in_hybrid_both_ways():
     question = "What is the capital of Finland?"
     answers = {}
     for expansion in ("replace", "duplicate"):
-        with _expansion(model, expansion):
+        with configured(model, hybrid_expansion=expansion):
             reading = model.read(question, context, "hybrid", max_new_tokens=16)
             answers[expansion] = model.generate(question, context=context, max_new_tokens=16)
         hidden = reading.prompt.hidden_prefix_positions
