@@ -195,6 +195,11 @@ class E2LLMConfig:
     # checkpoints before this option ranked.
     ranking: Ranking = setting("fused", help="how chunks are ranked for a question: fused (BM25 over their words and the "
                                "encoder's cosine similarity, by reciprocal rank fusion) or dense (cosine only)", flag=READING)
+    # A decoder trained on contexts of at most ~100 chunks answers from thousands of soft tokens badly (a needle read as
+    # raw text among 2,000 chunks is lost); past this many chunks, soft and hybrid read the best ranked, in document order.
+    max_soft_chunks: int = setting(0, help="most chunks read as soft tokens (past it, the ones ranked best for the "
+                                   "question, in document order); 0: every chunk that fits the window", flag=READING,
+                                   low=0, high=10_000_000)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
     generation: GenerationConfig = setting(factory=GenerationConfig, help="how answers are decoded (greedy by default)")
     encoder_batch_size: int = setting(32, help="chunks encoded per forward pass", low=1, high=65536)

@@ -107,20 +107,24 @@ class SoftReader(Reader):
     @staticmethod
     def _chunks_that_fit(model: E2LLM, context: CompressedContext, ranking: Callable[[], Ranking], instruction: str,
                          raw: str | None, max_new_tokens: int, history: list[dict] | None, training: bool) -> list[int]:
-        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt; else the chunks ranked
-        best for the question that fit, in document order (a document of any length can be asked; `chunks_read` says
-        how many were read). Training reads whole contexts or none: there, a context that does not fit is an error."""
+        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt and there are no more
+        than `max_soft_chunks`; else the chunks ranked best for the question that fit (at most `max_soft_chunks`), in
+        document order (a document of any length can be asked; `chunks_read` says how many were read). Training reads
+        whole contexts or none: there, a context that does not fit is an error."""
         n, k = context.soft_tokens.shape[:2]
         frame = model.decoder.build_prompt(context.soft_tokens[:0].flatten(0, 1), instruction, raw, history=history).num_tokens
         room = (model.context_window - frame - max_new_tokens) // k
-        if n <= room or training:
+        cap = model.config.max_soft_chunks or n
+        if training or n <= min(room, cap):
             return list(range(n))  # build_prompt refuses what does not fit
         if room < 1:
             raise ContextOverflowError(
                 f"the question, chat history and raw passages take {frame} of the decoder's {model.context_window} "
                 f"positions (+{max_new_tokens} to generate), leaving none for the document; shorten them or lower max_new_tokens"
             )
-        logger.info("the context's %d chunks overflow the decoder's window: reading the %d ranked best for the question", n, room)
+        why = "exceed max_soft_chunks" if cap < room else "overflow the decoder's window"
+        room = min(room, cap)
+        logger.info("the context's %d chunks %s: reading the %d ranked best for the question", n, why, room)
         return sorted(i for i, _ in ranking()[:room])
 
 

@@ -11,8 +11,9 @@
   the question asks one project's budget, right when the answer holds that file's number (the other 49 are the
   distractors a reader must not answer from).
 
-Each probe runs ``--variants`` variants (other names, depths, target files) per mode; the report gives the hits, the
-answers, the time per question and the process's peak RSS (the 1M-token probe runs last, so the peak is its own).
+Each probe runs ``--variants`` variants (other names, depths, target files) per mode (with ``--max-soft-chunks 0,96``,
+per mode and cap: "hybrid/96"); the report gives the hits, the answers, the time per question and the process's peak
+RSS (the 1M-token probe runs last, so the peak is its own).
 Compressed chunks go through a private temporary store, so a variant re-encodes only the chunks its needle changed.
 Every fact is invented: no model can know it, and none is in any training set.
 """
@@ -106,8 +107,11 @@ def run_probe(model: E2LLM, name: str, cases: list[dict], modes: list[str], max_
             contexts = {key: model.compress(case["documents"], show_progress=False)}
         context = contexts[key]
         for mode in modes:
+            reading, _, cap = mode.partition("/")
+            if cap:
+                model.config.max_soft_chunks = int(cap)
             start = time.perf_counter()
-            answer = model.answer(case["question"], context=context, mode=mode, max_new_tokens=max_new_tokens)
+            answer = model.answer(case["question"], context=context, mode=reading, max_new_tokens=max_new_tokens)
             text = "".join(answer).strip()
             rows[mode].append({"question": case["question"], "expect": case["expect"], "answer": text,
                                "hit": hit(text, case["expect"]), "seconds": round(time.perf_counter() - start, 2),
@@ -132,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=None, help="comma-separated reading modes (default: the checkpoint's)")
     p.add_argument("--variants", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-soft-chunks", default=None,
+                   help="comma-separated max_soft_chunks values, each read in every mode (0: every chunk that fits the "
+                   "window; default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for results.json")
     args = p.parse_args(argv)
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = E2LLM.from_pretrained(args.model, store=str(Path(tmp) / "store.sqlite"))
         modes = args.modes.split(",") if args.modes else [model.config.mode]
+        if args.max_soft_chunks is not None:  # "hybrid/96": hybrid reading at most 96 chunks as soft tokens
+            modes = [f"{m}/{int(cap)}" for cap in args.max_soft_chunks.split(",") for m in modes]
         report = {"model": args.model or "shipped", "modes": modes, "variants": args.variants, "probes": {}}
         order = [t for t in ("quickstart", "needle_200k", "files_50", "needle_1m") if t in args.tests]
         for test in order:

@@ -62,6 +62,25 @@ def test_soft_reading_ranks_only_when_the_chunks_overflow(tiny_model):
         tiny_model.answer("word " * 1000, context=long, mode="soft", max_new_tokens=2)
 
 
+@pytest.mark.parametrize("mode", ["soft", "hybrid"])
+def test_max_soft_chunks_reads_the_best_ranked_chunks_in_document_order(tiny_model, ctx, mode):
+    whole = tiny_model.read(QUESTION, ctx, mode)
+    assert whole.chunks_read == ctx.num_chunks > 2
+    with configured(tiny_model, max_soft_chunks=2):
+        capped = tiny_model.read(QUESTION, ctx, mode)
+        best = sorted(i for i, _ in capped.ranking[:2])
+        assert capped.chunks_read == 2
+        soft = ctx.soft_tokens[best].flatten(0, 1)
+        rows = capped.prompt.embeds[0, : capped.prompt.prefix_tokens]
+        start = next(i for i in range(len(rows)) if torch.equal(rows[i], soft[0]))
+        torch.testing.assert_close(rows[start : start + len(soft)], soft, rtol=0, atol=0)
+        assert capped.passages == whole.passages  # the raw passages do not depend on the cap
+        training = tiny_model.read(QUESTION, ctx, mode, target="an answer")  # training reads whole contexts
+        assert training.prompt.num_tokens > capped.prompt.num_tokens
+    with configured(tiny_model, max_soft_chunks=ctx.num_chunks):
+        assert tiny_model.read(QUESTION, ctx, mode).prompt.num_tokens == whole.prompt.num_tokens
+
+
 def test_soft_tokens_are_needed_by_the_modes_that_read_them(tiny_model):
     chunks = tiny_model.chunk([LOREM])
     raw_only = CompressedContext(chunks, None, 1, 0, retrieval_embeddings=tiny_model.embed([c.text for c in chunks]))
