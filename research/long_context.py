@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from e2llm_plugin import E2LLM
+from e2llm_plugin.reading import reader_for
 
 FIRST = ["Ottoline", "Barnaby", "Isolde", "Percival", "Wilhelmina", "Casimir", "Leocadia", "Thaddeus", "Ermengarde",
          "Lysander", "Philippa", "Ambrose", "Seraphina", "Ignatius", "Clementine", "Octavian", "Rosalind", "Evander",
@@ -149,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = E2LLM.from_pretrained(args.model, store=str(Path(tmp) / "store.sqlite"))
         modes = args.modes.split(",") if args.modes else [model.config.mode]
-        if args.max_soft_chunks is not None:  # "hybrid/96": hybrid reading at most 96 chunks as soft tokens
-            modes = [f"{m}/{int(cap)}" for cap in args.max_soft_chunks.split(",") for m in modes]
+        if args.max_soft_chunks is not None:  # "hybrid/96": hybrid reading at most 96 chunks as soft tokens (rag reads none)
+            caps = [int(cap) for cap in args.max_soft_chunks.split(",")]
+            modes = [m for m in modes if not reader_for(m).reads_soft] + \
+                [f"{m}/{cap}" for cap in caps for m in modes if reader_for(m).reads_soft]
         report = {"model": args.model or "shipped", "modes": modes, "variants": args.variants, "probes": {}}
         order = [t for t in ("quickstart", "needle_200k", "files_50", "needle_1m") if t in args.tests]
         for test in order:
