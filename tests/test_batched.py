@@ -119,11 +119,15 @@ def test_rows_leave_the_batch_at_their_own_stop(tiny_model, context, forwards, m
     assert rows[:2] == [5, 5] and rows == sorted(rows, reverse=True) and rows[-1] < len(QUESTIONS)
 
 
-def test_a_long_prefix_is_decoded_a_few_rows_at_a_time(tiny_model, context, forwards, monkeypatch):
+def test_rows_with_long_rests_are_decoded_a_few_at_a_time(tiny_model, context, forwards, monkeypatch):
+    """A batch is bounded by the rows' own keys (their prompts after the shared prefix, and their answers): the prefix,
+    read by all from one copy, does not count."""
     alone = _alone(tiny_model, context, QUESTIONS, mode="soft", max_new_tokens=5)
     per_position = sum(math.prod(shape) * dtype.itemsize for shape, dtype in tiny_model.decoder.prefix_layout(1).values())
-    longest = max(tiny_model.read(q, context, "soft").prompt.num_tokens for q in QUESTIONS) + 5
-    monkeypatch.setattr(decoder, "BATCH_KV_BYTES", per_position * longest * 2)  # room for two rows
+    prompts = [tiny_model.read(q, context, "soft").prompt for q in QUESTIONS]
+    longest = max(p.num_tokens - p.prefix_tokens for p in prompts) + 5
+    assert longest * 2 < prompts[0].prefix_tokens  # room for two rows' own keys, not for one row's copy of the prefix
+    monkeypatch.setattr(decoder, "BATCH_KV_BYTES", per_position * longest * 2)
     forwards.clear()
     assert _together(tiny_model, context, QUESTIONS, mode="soft", max_new_tokens=5) == alone
     assert [n for kind, n in forwards if kind == "rest"] == [2, 2, 1]
