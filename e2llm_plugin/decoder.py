@@ -5,12 +5,12 @@ Prompt (inside the decoder's own chat template)::
     Given the contexts: [c_1 ... c_N] [Relevant passages: raw text]? Please follow the instruction: {instruction}
 
 Generation runs from `inputs_embeds` with a KV cache, one token at a time, so it streams: greedy by default, with a
-repetition penalty, n-gram blocking and sampling as `GenerationConfig` asks.
+repetition penalty, n-gram blocking and sampling as `GenerationConfig` asks. A prompt's cacheable prefix is read once and
+kept; answers after it read it through shared-prefix attention (`shared_prefix`), one answer or many together.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import re
@@ -27,6 +27,7 @@ from .context import PrefixCache
 from .embedded import load_base
 from .errors import ContextOverflowError, E2LLMError
 from .merged import MergedCopy
+from .shared_prefix import SharedPrefixCache, install, own_mask
 
 ANSWER_INSTRUCTION = "Answer the question: {question}"
 RESTATE_INSTRUCTION = "Restate the aforementioned context."
@@ -57,8 +58,8 @@ class Prompt:
         return self.embeds.shape[1]
 
     def attention_mask(self) -> torch.Tensor | None:
-        """(1, L) keys the positions after the prefix attend to: 0 at the hidden positions, 1 elsewhere (decoding
-        appends a 1 per token it reads). None when nothing is hidden."""
+        """(1, L) keys the positions after the prefix attend to: 0 at the hidden positions, 1 elsewhere. None when
+        nothing is hidden."""
         if not self.hidden_prefix_positions:
             return None
         mask = torch.ones(1, self.num_tokens, dtype=torch.long, device=self.embeds.device)
@@ -81,8 +82,8 @@ class PrefixKey(NamedTuple):
     weights: tuple
 
 
-#: At most this many bytes of KV cache in one batch of `generate_texts`: the rows of a batch each hold the whole prefix
-#: (a context read whole at the decoder's window is ~0.4 GB per row for SmolLM2), so a long one is decoded fewer at a time.
+#: At most this many bytes of the rows' own KV cache in one batch of `generate_texts` (their prompts after the shared
+#: prefix, and their answers): hybrid's raw passages make each row's own part long, so such rows are decoded fewer at a time.
 BATCH_KV_BYTES = 1 << 30
 #: At most this many answers decoded together, however short their prompts.
 BATCH_ROWS = 64
@@ -96,6 +97,7 @@ class Decoder(nn.Module):
         self.tokenizer = load_base(AutoTokenizer, name_or_path, "decoder", trust_remote_code=trust_remote_code)
         model = load_base(AutoModelForCausalLM, name_or_path, "decoder", trust_remote_code=trust_remote_code, dtype=torch.float32)
         model.requires_grad_(False)
+        install(model)  # its attention reads a shared prompt prefix when decoding (`shared_prefix`); SDPA otherwise
         self.model = lora.apply(model, "decoder", task_type="CAUSAL_LM")
         self.has_lora = lora.r > 0
         self.lora_active = self.has_lora  # False while E2LLM.base_decoder() reads without it
@@ -287,27 +289,11 @@ class Decoder(nn.Module):
         the last token's forward, which only predicts a token never read, is not run.
 
         A prompt with a cacheable prefix is prefilled in two steps, prefix then the rest, whether or not `prefix_cache`
-        already holds the prefix's KV cache: so a reused prefix gives exactly the answer a fresh one gives."""
+        already holds the prefix's KV cache: so a reused prefix gives exactly the answer a fresh one gives. It is the
+        one-row case of `generate_texts`: the same forwards, so the same answer alone as together."""
         generation = generation or GenerationConfig()
-        rng = _rng(generation)
-        model = self._reader()
-        cache, rest = self._prefix(model, prompt, prefix_cache)
-        mask = prompt.attention_mask()  # over [prefix + new keys]: hides what the prompt hides from all after its prefix
-        # logits_to_keep=1: the prefill needs the next-token logits only, not (L x vocab) of them.
-        out = model(inputs_embeds=rest, cache=cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
-        answer: list[int] = []
-        for _ in range(max_new_tokens):
-            token = next_token(out.logits[0, -1].float().cpu(), answer, generation, rng, self.stop_ids)
-            if token in self.stop_ids:
-                return
-            answer.append(token)
+        for _, token in self._decode(self._reader(), [prompt], max_new_tokens, [], prefix_cache, generation):
             yield token
-            if len(answer) == max_new_tokens:
-                return
-            ids = torch.tensor([[token]], device=self.device)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-            out = model(input_ids=ids, cache=out.cache, attention_mask=mask, use_cache=True, logits_to_keep=1)
 
     @torch.inference_mode()
     def generate_texts(self, prompts: list[Prompt], max_new_tokens: int, stop: list[str] | None = None,
@@ -316,12 +302,13 @@ class Decoder(nn.Module):
         the same way (greedy, or sampled from its own generator), the same stops.
 
         Prompts with the same cacheable prefix (questions over one context) are decoded as the rows of one batch: the
-        prefix's KV cache is read from `prefix_cache` (or prefilled) once and forked across the rows; each row's rest
-        follows it, left-padded to the longest, with its own positions and an attention mask over [prefix keys · rest
-        keys · generated keys] that hides the padding; a row leaves the batch at its own stop token, stop string or
-        limit. So N questions cost one prefill of the prefix (none if cached), one forward over their rests, and one
-        forward per token of the longest answer, each as many rows wide as answers go on: one-row products read every
-        weight for one row's work, which a batch shares."""
+        prefix's KV cache is read from `prefix_cache` (or prefilled) once, and every row reads it through shared-prefix
+        attention (`shared_prefix`): each layer stacks all rows' queries against the one copy of the prefix's keys, so
+        a row costs only its own keys, never a copy of the prefix. Each row's rest follows the prefix, left-padded to
+        the longest, with its own positions and a mask that hides the padding; a row leaves the batch at its own stop
+        token, stop string or limit. So N questions cost one prefill of the prefix (none if cached), one forward over
+        their rests, and one forward per token of the longest answer, each as many rows wide as answers go on: one-row
+        products read every weight for one row's work, which a batch shares."""
         generation = generation or GenerationConfig()
         stop = [s for s in (stop or []) if s]
         model = self._reader()
@@ -330,46 +317,49 @@ class Decoder(nn.Module):
             groups.setdefault(self.prefix_key(prompt).digest if prompt.prefix_tokens else "", []).append(i)
         answers: list[list[int]] = [[] for _ in prompts]
         for rows in groups.values():
-            # Each row holds the prefix's KV cache, its rest and its answer: bounded, a long prefix takes fewer rows.
-            longest = max(prompts[i].num_tokens for i in rows) + max_new_tokens
+            # Each row holds its own keys (its rest and its answer): bounded, so rows with long rests go fewer at a time.
+            longest = max(prompts[i].num_tokens - prompts[i].prefix_tokens for i in rows) + max_new_tokens
             per_row = sum(math.prod(shape) * dtype.itemsize for shape, dtype in self.prefix_layout(longest).values())
             size = max(1, min(BATCH_ROWS, BATCH_KV_BYTES // per_row))
             for start in range(0, len(rows), size):
                 batch = rows[start : start + size]
-                decoded = self._decode_batch(model, [prompts[i] for i in batch], max_new_tokens, stop, prefix_cache,
-                                             generation)
-                for i, tokens in zip(batch, decoded, strict=True):
-                    answers[i] = tokens
+                for row, token in self._decode(model, [prompts[i] for i in batch], max_new_tokens, stop, prefix_cache,
+                                               generation):
+                    answers[batch[row]].append(token)
         return ["".join(self._texts(iter(tokens), stop)) for tokens in answers]
 
-    def _decode_batch(self, model: nn.Module, prompts: list[Prompt], max_new_tokens: int, stop: list[str],
-                      prefix_cache: PrefixCache | None, generation: GenerationConfig) -> list[list[int]]:
-        """The answer tokens of prompts that share their prefix, decoded as the rows of one batch (`generate_texts`)."""
+    def _decode(self, model: nn.Module, prompts: list[Prompt], max_new_tokens: int, stop: list[str],
+                prefix_cache: PrefixCache | None, generation: GenerationConfig) -> Iterator[tuple[int, int]]:
+        """(row, token) as each answer's tokens are chosen, the prompts (which share their prefix) decoded as the rows
+        of one batch; a row ends at a stop token (not yielded), its limit or a `stop` string."""
         n = prompts[0].prefix_tokens
-        cache, _ = self._prefix(model, prompts[0], prefix_cache)
+        prefix = self._prefix(model, prompts[0], prefix_cache)
         rests = [prompt.embeds[0, n:] for prompt in prompts]
         width = max(len(rest) for rest in rests)
         embeds = torch.stack([nn.functional.pad(rest, (0, 0, width - len(rest), 0)) for rest in rests])
-        # The keys each row reads: the prefix's, then its own rest's (not the padding before it), then its answer's. Per
-        # row, so a row can be kept from prefix positions the others read.
-        keys = torch.ones(len(prompts), n + width, dtype=torch.long, device=self.device)
-        for row, (prompt, rest) in enumerate(zip(prompts, rests, strict=True)):
-            keys[row, n : n + width - len(rest)] = 0
-            keys[row, list(prompt.hidden_prefix_positions)] = 0  # what hybrid reads as raw text instead
+        # The own keys each row reads: its rest's (not the padding before it), then its answer's.
+        visible = torch.ones(len(prompts), width, dtype=torch.bool, device=self.device)
+        for row, rest in enumerate(rests):
+            visible[row, : width - len(rest)] = False
+        # The prefix positions each row reads: all but those it hides (what hybrid reads as raw text instead).
+        masks = [prompt.attention_mask() for prompt in prompts]
+        prefix_visible = None if all(mask is None for mask in masks) else torch.stack(
+            [mask[0, :n].bool() if mask is not None else visible.new_ones(n) for mask in masks])
+        cache = SharedPrefixCache(prefix, width + max_new_tokens, prefix_visible)
         ends = torch.tensor([n + len(rest) for rest in rests], device=self.device)  # each row's next position
         positions = (ends[:, None] - width + torch.arange(width, device=self.device)).clamp(min=n)  # padding: any
-        if cache is not None:
-            cache.batch_repeat_interleave(len(prompts))  # the fork's rows: the stored prefix stays as it was
         # The last position's logits, kept by index: the slice `[:, -1:]` that logits_to_keep=1 takes of a batch is strided,
         # and torch's matmul then projects it onto the vocabulary row by row (a batched product that reads the whole
         # output embedding once per row, a fifth of the forward over 16 rows) instead of in one product.
         last = torch.tensor([width - 1], device=self.device)
-        out = model(inputs_embeds=embeds, attention_mask=keys, position_ids=positions, cache=cache, use_cache=True,
-                    logits_to_keep=last)
+        # The cache twice: as `cache`, where transformers writes each layer's new keys; as `shared_prefix`, what the
+        # attention (`shared_prefix.attention`) reads beside them.
+        out = model(inputs_embeds=embeds, attention_mask=own_mask(visible, width, embeds.dtype), position_ids=positions,
+                    cache=cache, use_cache=True, shared_prefix=cache, logits_to_keep=last)
         rngs = [_rng(generation) for _ in prompts]
         answers: list[list[int]] = [[] for _ in prompts]
         live = list(range(len(prompts)))  # the rows still decoding, in the batch's order
-        while live:
+        while True:
             logits = out.logits[:, -1].float().cpu()
             going = []  # indices into `live` of the rows that go on
             for j, row in enumerate(live):
@@ -377,38 +367,38 @@ class Decoder(nn.Module):
                 if token in self.stop_ids:
                     continue
                 answers[row].append(token)
+                yield row, token
                 if len(answers[row]) < max_new_tokens and not self._stops(answers[row], stop):
                     going.append(j)
             if not going:
-                break
+                return
             if len(going) < len(live):  # rows that ended leave the batch
                 index = torch.tensor(going, device=self.device)
-                out.cache.batch_select_indices(index)
-                keys, ends, live = keys[index], ends[index], [live[j] for j in going]
+                cache.select(index)
+                visible, ends, live = visible[index], ends[index], [live[j] for j in going]
             ids = torch.tensor([[answers[row][-1]] for row in live], device=self.device)
-            keys = torch.cat([keys, keys.new_ones(len(live), 1)], dim=1)
-            out = model(input_ids=ids, attention_mask=keys, position_ids=ends[:, None], cache=out.cache, use_cache=True,
-                        logits_to_keep=1)
+            visible = torch.cat([visible, visible.new_ones(len(live), 1)], dim=1)
+            out = model(input_ids=ids, attention_mask=own_mask(visible, 1, embeds.dtype), position_ids=ends[:, None],
+                        cache=cache, use_cache=True, shared_prefix=cache, logits_to_keep=1)
             ends = ends + 1
-        return answers
 
     def _reader(self) -> nn.Module:
         """What generation reads: the merged inference copy; the peft model with its adapter off in `base_decoder()`."""
         return self.inference_copy.get() if self.lora_active else self.model
 
     def _prefix(self, model: nn.Module, prompt: Prompt, prefix_cache: PrefixCache | None):
-        """The KV cache after the prompt's prefix (one decoding may extend: the stored one stays as it was) and the
-        embeddings after it."""
+        """The KV cache of the prompt's prefix, from `prefix_cache` or prefilled (and kept there); None without one.
+        Decoding only reads it."""
         n = prompt.prefix_tokens
         if n == 0:
-            return None, prompt.embeds
+            return None
         key = self.prefix_key(prompt)
         cache = prefix_cache.get(key) if prefix_cache is not None else None
         if cache is None:
             cache = model(inputs_embeds=prompt.embeds[:, :n], use_cache=True, logits_to_keep=1).cache
             if prefix_cache is not None:
                 prefix_cache.put(key, cache)
-        return fork(cache), prompt.embeds[:, n:]
+        return cache
 
     def prefix_key(self, prompt: Prompt) -> PrefixKey:
         """By content and weights: the same template and soft tokens, read by the same LoRA, on or off."""
@@ -478,17 +468,6 @@ def attention_bias(prompts: list[Prompt], width: int, dtype: torch.dtype) -> tor
         allowed[i, p.prefix_tokens :, list(p.hidden_prefix_positions)] = False
     bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
     return bias.unsqueeze(1)
-
-
-def fork(cache):
-    """A KV cache that decoding can extend while `cache` stays as it was. transformers' dynamic layers never write into
-    their tensors (each step concatenates new ones), so the fork shares them and copies nothing; other layers (static
-    caches write in place) are deep-copied."""
-    from transformers.cache_utils import DynamicLayer
-
-    forked = copy.copy(cache)
-    forked.layers = [copy.copy(layer) if isinstance(layer, DynamicLayer) else copy.deepcopy(layer) for layer in cache.layers]
-    return forked
 
 
 def cache_tensors(cache) -> dict[str, torch.Tensor] | None:

@@ -14,7 +14,7 @@ from conftest import LOREM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from e2llm_plugin import E2LLM, E2LLMError, GenerationConfig, decoder
+from e2llm_plugin import E2LLM, E2LLMError, GenerationConfig, decoder, shared_prefix
 from e2llm_plugin.errors import ConfigError
 from e2llm_plugin.integrations import common
 
@@ -119,14 +119,64 @@ def test_rows_leave_the_batch_at_their_own_stop(tiny_model, context, forwards, m
     assert rows[:2] == [5, 5] and rows == sorted(rows, reverse=True) and rows[-1] < len(QUESTIONS)
 
 
-def test_a_long_prefix_is_decoded_a_few_rows_at_a_time(tiny_model, context, forwards, monkeypatch):
+def test_rows_with_long_rests_are_decoded_a_few_at_a_time(tiny_model, context, forwards, monkeypatch):
+    """A batch is bounded by the rows' own keys (their prompts after the shared prefix, and their answers): the prefix,
+    read by all from one copy, does not count."""
     alone = _alone(tiny_model, context, QUESTIONS, mode="soft", max_new_tokens=5)
     per_position = sum(math.prod(shape) * dtype.itemsize for shape, dtype in tiny_model.decoder.prefix_layout(1).values())
-    longest = max(tiny_model.read(q, context, "soft").prompt.num_tokens for q in QUESTIONS) + 5
-    monkeypatch.setattr(decoder, "BATCH_KV_BYTES", per_position * longest * 2)  # room for two rows
+    prompts = [tiny_model.read(q, context, "soft").prompt for q in QUESTIONS]
+    longest = max(p.num_tokens - p.prefix_tokens for p in prompts) + 5
+    assert longest * 2 < prompts[0].prefix_tokens  # room for two rows' own keys, not for one row's copy of the prefix
+    monkeypatch.setattr(decoder, "BATCH_KV_BYTES", per_position * longest * 2)
     forwards.clear()
     assert _together(tiny_model, context, QUESTIONS, mode="soft", max_new_tokens=5) == alone
     assert [n for kind, n in forwards if kind == "rest"] == [2, 2, 1]
+
+
+@pytest.fixture(scope="module")
+def long_context(tiny_model):
+    """A context whose prompt prefix is long beside the questions: a few hundred positions."""
+    return tiny_model.compress([LOREM * 12, DOCS[1] * 10])
+
+
+@pytest.mark.parametrize("mode", ["soft", "hybrid"])
+def test_answers_after_a_long_prefix_decoded_together_are_those_decoded_alone(tiny_model, long_context, mode):
+    prompts = [tiny_model.read(q, long_context, mode).prompt for q in QUESTIONS]
+    assert min(p.prefix_tokens for p in prompts) > 80
+    assert mode == "soft" or any(p.hidden_prefix_positions for p in prompts)  # hybrid: rows hide chunks, each its own
+    options = dict(mode=mode, max_new_tokens=12)
+    assert _together(tiny_model, long_context, QUESTIONS, **options) == _alone(tiny_model, long_context, QUESTIONS, **options)
+
+
+def test_every_row_reads_the_one_cached_prefix_never_a_copy(tiny_model, long_context, monkeypatch):
+    made = []
+
+    class Recorded(decoder.SharedPrefixCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(decoder, "SharedPrefixCache", Recorded)
+    monkeypatch.setattr(tiny_model.decoder, "stop_ids", set())  # every row decodes to the limit
+    _together(tiny_model, long_context, QUESTIONS, mode="soft", max_new_tokens=6)
+    (cache,) = made  # one batch
+    stored = long_context.prefix_cache.get(tiny_model.decoder.prefix_key(tiny_model.read(QUESTIONS[0], long_context,
+                                                                                         "soft").prompt))
+    for (keys, values), layer in zip(cache.prefix, stored.layers, strict=True):
+        assert keys is layer.keys and values is layer.values and keys.shape[0] == 1
+    prefix = stored.layers[0].keys.shape[2]
+    # Each row's own buffers hold its rest and answer, sized once up front: nothing of the prefix.
+    assert cache.capacity < prefix / 4
+    assert all(keys.shape[:3] == (len(QUESTIONS), stored.layers[0].keys.shape[1], cache.capacity)
+               for keys in cache._keys.values())
+
+
+def test_long_prompts_read_in_query_slices_give_the_same_answers(tiny_model, long_context, monkeypatch):
+    options = dict(mode="hybrid", max_new_tokens=8)
+    whole = _together(tiny_model, long_context, QUESTIONS, **options)
+    monkeypatch.setattr(shared_prefix, "MAX_SCORES", 2000)  # a few queries of the rests' forward at a time
+    assert _together(tiny_model, long_context, QUESTIONS, **options) == whole
+    assert _alone(tiny_model, long_context, QUESTIONS, **options) == whole
 
 
 def test_questions_over_other_prefixes_are_other_batches(tiny_model, context):

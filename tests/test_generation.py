@@ -279,3 +279,25 @@ def test_shipped_checkpoint_with_repetition_controls_and_seeded_sampling():
     assert controlled.strip() and _most_repeated_word_trigram(controlled) < 3, controlled
     sampled = model.generate(question, context=ctx, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=11)
     assert sampled and model.generate(question, context=ctx, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=11) == sampled
+
+
+@pytest.mark.slow
+def test_the_shipped_model_decodes_as_transformers_own_generate():
+    """Shared-prefix attention gives the greedy tokens transformers' `generate` gives over the whole prompt (its own
+    cache and SDPA): after a cached prefix (soft mode), and over a prompt without one (the text read as such)."""
+    model = E2LLM.from_pretrained(store=False)
+    text = (Path(__file__).parent.parent / "examples" / "factbook_finland.txt").read_text(encoding="utf-8")
+    ctx = model.compress([text], show_progress=False)
+    question = "What is the capital of Finland?"
+    with torch.inference_mode():
+        cached = model.read(question, ctx, "soft").prompt
+        whole = model.decoder.build_prompt(model.decoder.text_embeddings(text, 1500), f"Answer the question: {question}")
+    assert cached.prefix_tokens and not whole.prefix_tokens
+    reader = model.decoder.inference_copy.get()
+    for prompt in (cached, whole):
+        ours = list(model.decoder.generate_ids(prompt, 16, ctx.prefix_cache))
+        with torch.inference_mode():
+            theirs = reader.generate(inputs_embeds=prompt.embeds, max_new_tokens=16, do_sample=False,
+                                     repetition_penalty=1.0, min_new_tokens=1)[0].tolist()
+        theirs = theirs[: next((i for i, t in enumerate(theirs) if t in model.decoder.stop_ids), len(theirs))]
+        assert ours == theirs and len(ours) > 2, (ours, theirs)
