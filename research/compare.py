@@ -2,10 +2,12 @@
 
     python -m research.compare docs/eval/issue12/head/results.json docs/eval/issue12/new/results.json
     python -m research.compare --methods rag_tuned hybrid docs/eval/general/phase8/*/results.json
+    python -m research.compare docs/eval/general/phase8 docs/eval/general/round12     # two folders of one run a set
 
 Two runs over the same questions: per file and method, how many answers are identical, and the mean F1 difference
-(second minus first). `--methods A B` with any number of results: the mean F1 difference B minus A of one run's two
-methods, pooled over the general sets and, apart, over the Factbook ones. Each with its 95 % paired interval (1.96
+(second minus first), and, over several sets (two folders of a benchmark stored one set a run, `FOLDER/SET/results.json`),
+pooled per method over the general sets and, apart, the Factbook ones. `--methods A B` with any number of results: the
+mean F1 difference B minus A of one run's two methods, pooled the same way. Each with its 95 % paired interval (1.96
 standard errors of the per-question differences).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 
 
 def interval(diffs: list[float]) -> str:
@@ -22,8 +25,10 @@ def interval(diffs: list[float]) -> str:
 
 
 def compare_runs(first: dict, second: dict) -> None:
-    """Question by question over the sets both runs hold (a full benchmark may be stored one set per run)."""
+    """Question by question over the sets both runs hold (a full benchmark may be stored one set per run), then pooled
+    per method by kind of set where there are several sets."""
     shared = [name for name in second["files"] if name in first["files"]]
+    pooled: dict[tuple[str, str], list[float]] = {}
     if not shared:
         raise SystemExit(f"the two runs share no set: {sorted(first['files'])} against {sorted(second['files'])}")
     for name in shared:
@@ -36,8 +41,23 @@ def compare_runs(first: dict, second: dict) -> None:
             if len(pairs) < 2:
                 continue
             same = sum(a["prediction"] == b["prediction"] for a, b in pairs)
-            print(f"{name} {method}: {same}/{len(pairs)} answers identical; "
-                  f"{interval([100 * (b['f1'] - a['f1']) for a, b in pairs])}")
+            diffs = [100 * (b["f1"] - a["f1"]) for a, b in pairs]
+            print(f"{name} {method}: {same}/{len(pairs)} answers identical; {interval(diffs)}")
+            pooled.setdefault(("Factbook sets" if "factbook" in name else "general sets", method), []).extend(diffs)
+    if len(shared) > 1:
+        for (kind, method), diffs in pooled.items():
+            print(f"{kind} {method} (n={len(diffs)}): {interval(diffs)}")
+
+
+def load_run(path: str) -> dict:
+    """A results.json, or a folder of them (`FOLDER/*/results.json`, one set each) as one run."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return json.loads(folder.read_text(encoding="utf-8"))
+    files = sorted(folder.glob("*/results.json"))
+    if not files:
+        raise SystemExit(f"{path}: no */results.json in this folder")
+    return {"files": {name: entry for f in files for name, entry in json.loads(f.read_text(encoding="utf-8"))["files"].items()}}
 
 
 def compare_methods(runs: list[dict], first: str, second: str) -> dict[str, list[float]]:
@@ -61,12 +81,12 @@ def compare_methods(runs: list[dict], first: str, second: str) -> dict[str, list
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m research.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", help="results.json files (two runs, or any number with --methods)")
+    p.add_argument("results", nargs="+", help="results.json files or folders of them (two runs, or any number with --methods)")
     p.add_argument("--methods", nargs=2, metavar=("A", "B"), help="compare two methods of the same runs (B minus A)")
     args = p.parse_args(argv)
     if not args.methods and len(args.results) != 2:
         p.error("give two results files, or --methods A B with any number")
-    runs = [json.load(open(path, encoding="utf-8")) for path in args.results]
+    runs = [load_run(path) for path in args.results]
     if args.methods:
         compare_methods(runs, *args.methods)
     else:

@@ -320,6 +320,25 @@ def test_compare_methods_pools_paired_differences_by_kind_of_set(capsys):
         compare.compare_methods(runs, "hybrid", "rag")  # a method the runs do not have
 
 
+def test_compare_runs_pairs_two_benchmark_folders_set_by_set_and_pools_them(tmp_path, capsys):
+    from research import compare
+
+    def store(folder, name, f1s):
+        examples = [{"question": str(i), "methods": {"hybrid": {"f1": f1, "prediction": str(f1)}}} for i, f1 in enumerate(f1s)]
+        (tmp_path / folder / name).mkdir(parents=True)
+        (tmp_path / folder / name / "results.json").write_text(json.dumps({"files": {f"{name}.jsonl": {"examples": examples}}}))
+
+    for folder, novels, papers in (("old", [0.0, 1.0], [0.5, 0.5]), ("new", [1.0, 1.0], [0.5, 1.0])):
+        store(folder, "test_general_novels", novels)
+        store(folder, "test_general_papers", papers)
+    assert compare.main([str(tmp_path / "old"), str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    assert "test_general_novels.jsonl hybrid: 1/2 answers identical; F1 +50.0" in out
+    assert "general sets hybrid (n=4): F1 +37.5" in out
+    with pytest.raises(SystemExit, match="no \\*/results.json"):
+        compare.main([str(tmp_path), str(tmp_path / "new")])
+
+
 def test_generation_options_reach_every_method(tiny_checkpoint, data_files, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[1]), "--out", str(out), "--methods", "closed_book,hybrid",
