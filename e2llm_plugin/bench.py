@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-at", type=token_counts, default=None,
                    help="sizes where 1, 4 and 16 questions are answered one by one and together, among the others "
                         "(default: 8192 where measured)")
+    p.add_argument("--max-soft-chunks", type=int, default=None, metavar="N",
+                   help="the checkpoint's max_soft_chunks replaced (0: every chunk that fits the window)")
     p.add_argument("--out", required=True, help="directory for bench.json, bench.md and ttft.png")
     return p
 
@@ -176,13 +178,13 @@ def settled_first_token(model, start_answer, repeats: int = 5, quick: float = 2.
     return sorted(seconds)[len(seconds) // 2]
 
 
-def answer_from_store(checkpoint: str | None, store: str, text: str, question: str) -> dict:
+def answer_from_store(checkpoint: str | None, store: str, text: str, question: str, overrides: dict | None = None) -> dict:
     """In a new process: load the model with the store at `store`, warm up on other text (as the bench process did),
     then time the answer to `question` about the text in the file `text`, to its first token (soft mode)."""
     from .model import E2LLM
 
     start = time.perf_counter()
-    model = E2LLM.from_pretrained(checkpoint, store=store)
+    model = E2LLM.from_pretrained(checkpoint, store=store, **(overrides or {}))
     kept, model.store = model.store, None  # the warm-up leaves nothing in the store
     first_token(model, lambda: model.answer("What is this about?", documents=[WARM_UP], max_new_tokens=1))
     model.store = kept
@@ -196,11 +198,11 @@ def answer_from_store(checkpoint: str | None, store: str, text: str, question: s
 WARM_UP = "A short text, unrelated to the corpus, that a new process reads once before it is timed. " * 12
 
 
-def new_process(checkpoint: str | None, store: Path, text: str, scratch: Path) -> dict:
+def new_process(checkpoint: str | None, store: Path, text: str, scratch: Path, overrides: dict) -> dict:
     """`answer_from_store` in a subprocess of this Python, over `text` (written to a file in `scratch`)."""
     path = scratch / "document.txt"
     path.write_text(text, encoding="utf-8")
-    arguments = json.dumps([checkpoint, str(store), str(path), QUESTIONS[0]])
+    arguments = json.dumps([checkpoint, str(store), str(path), QUESTIONS[0], overrides])
     code = ("import json, sys; from e2llm_plugin import bench; "
             "print(json.dumps(bench.answer_from_store(*json.loads(sys.argv[1]))))")
     package_root = str(Path(__file__).resolve().parent.parent)  # this copy of the package, installed or not
@@ -265,7 +267,8 @@ def measure(model, text: str, modes: tuple[str, ...], baseline: bool, store_path
         row.update(tokens=context.num_source_tokens, chunks=context.num_chunks)
         row[f"{mode}_chunks_read"] = model.answer(q2, context=context, mode=mode, max_new_tokens=1).chunks_read
         if mode == "soft" and process:  # while the store holds what this process compressed
-            row["new_process"] = new_process(checkpoint, store_path, text, store_path.parent)
+            reading = {"max_soft_chunks": model.config.max_soft_chunks}  # the new process reads as this one does
+            row["new_process"] = new_process(checkpoint, store_path, text, store_path.parent, reading)
         if mode == "soft" and batch:
             row["questions_per_second"] = questions_per_second(model, context)
         model.store.clear()  # the next mode starts uncached again
@@ -404,14 +407,15 @@ def run(args: argparse.Namespace, text: str, argv: list[str] | None = None) -> d
     from .model import E2LLM
 
     out = args.out
-    model = E2LLM.from_pretrained(args.model, store=False)
+    overrides = {} if args.max_soft_chunks is None else {"max_soft_chunks": args.max_soft_chunks}
+    model = E2LLM.from_pretrained(args.model, store=False, **overrides)
     # Cut every size's text before measuring any: a text too short for the largest size is said before hours of work.
     texts = {size: prefix(model, text, size) for size in sorted(set(args.sizes + args.long))}
     results = {"setup": {"argv": sys.argv[1:] if argv is None else list(argv), "machine": f"{platform.machine()} CPU"
                          if not torch.cuda.is_available() else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),
                          "date": time.strftime("%Y-%m-%d"), "model": str(args.model or "shipped checkpoint"),
                          "encoder_dtype": str(model.encoder.inference_dtype()).removeprefix("torch."),
-                         "max_new_tokens": model.config.max_new_tokens},
+                         "max_new_tokens": model.config.max_new_tokens, "max_soft_chunks": model.config.max_soft_chunks},
                "rows": []}
     results["encoder"] = encoder_throughput(model, text)
     with tempfile.TemporaryDirectory(prefix="e2llm-bench-") as scratch:
