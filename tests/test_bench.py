@@ -14,10 +14,12 @@ def test_bench_measures_every_stage_and_writes_its_report(tiny_checkpoint, tmp_p
     text.write_text("\n".join(f"Paragraph {i}. {LOREM}" for i in range(60)))
     out = tmp_path / "out"
     code = bench.main(["--model", str(tiny_checkpoint), "--text", str(text), "--sizes", "256", "--long", "2048",
-                       "--hybrid-at", "2048", "--process-at", "2048", "--batch-at", "256", "--out", str(out)])
+                       "--hybrid-at", "2048", "--process-at", "2048", "--batch-at", "256", "--max-soft-chunks", "4",
+                       "--out", str(out)])
     assert code == 0
     results = json.loads((out / "bench.json").read_text())
     small, large = results["rows"]
+    assert results["setup"]["max_soft_chunks"] == 4 and large["soft_chunks_read"] == 4 < large["chunks"]
     assert small["full_prefill_s"] > 0 and "hybrid_uncached_s" not in small
     for key in ("soft_uncached_s", "soft_store_cached_s", "soft_prefix_cached_s", "peak_rss_mb"):
         assert small[key] > 0 and large[key] > 0
