@@ -43,9 +43,10 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
 
 
 # Answers of the shipped checkpoint (greedy, 24 new tokens), recorded when phase 8 was shipped, again when fused
-# ranking became the default, and when round 12 was shipped (only soft's changed): a change that alters how the model reads (prompt, chunking, tokenization, passages) shows
-# up here. With dense ranking the holiday's line was ranked 6th, outside hybrid's passages, and hybrid answered
-# "Independence Day, 18th July (1917)", rag "Independence Day, 6 July (1819)"; fused ranking puts it first.
+# ranking became the default, and when round 12 was shipped (only soft's changed): a change that alters how the model
+# reads (prompt, chunking, tokenization, passages) shows up here. With dense ranking the holiday's line was ranked 6th,
+# outside hybrid's passages, and hybrid answered "Independence Day, 18th July (1917)", rag "Independence Day, 6 July
+# (1819)"; fused ranking puts it first.
 PINNED = {
     ("soft", "What is the national holiday of Finland?"): "Independence Day, 18.4 (1962)",
     ("hybrid", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
