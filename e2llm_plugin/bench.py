@@ -111,6 +111,8 @@ def check_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, str]:
         elif not set(given) <= measured:
             parser.error(f"--{name.replace('_', '-')} {sorted(set(given) - measured)} is not among the sizes measured "
                          f"({sorted(measured)}); add it to --sizes or --long")
+    if args.max_soft_chunks is not None and args.max_soft_chunks < 0:
+        parser.error(f"--max-soft-chunks must be 0 (every chunk that fits the window) or more, got {args.max_soft_chunks}")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} is a file; name a directory for bench.json, bench.md and ttft.png")

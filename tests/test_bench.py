@@ -47,3 +47,11 @@ def test_the_new_rows_take_only_sizes_measured_and_say_so_before_any_model_loads
     arguments = ["--text", str(corpus), "--out", str(tmp_path / "out"), "--sizes", "256", "--long", "1024", flag, "512"]
     assert bench.main(arguments) == 2
     assert f"{flag} [512] is not among the sizes measured" in capsys.readouterr().err
+
+
+def test_a_negative_max_soft_chunks_is_said_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(E2LLM, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded before the arguments"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(LOREM)
+    assert bench.main(["--text", str(corpus), "--out", str(tmp_path / "out"), "--max-soft-chunks", "-1"]) == 2
+    assert "--max-soft-chunks must be 0" in capsys.readouterr().err
