@@ -345,7 +345,7 @@ class Decoder(nn.Module):
         masks = [prompt.attention_mask() for prompt in prompts]
         prefix_visible = None if all(mask is None for mask in masks) else torch.stack(
             [mask[0, :n].bool() if mask is not None else visible.new_ones(n) for mask in masks])
-        cache = SharedPrefixCache(prefix, width + max_new_tokens, prefix_visible)
+        cache = SharedPrefixCache(prefix, width + max_new_tokens, prefix_visible, unpadded=bool(visible.all()))
         ends = torch.tensor([n + len(rest) for rest in rests], device=self.device)  # each row's next position
         positions = (ends[:, None] - width + torch.arange(width, device=self.device)).clamp(min=n)  # padding: any
         # The last position's logits, kept by index: the slice `[:, -1:]` that logits_to_keep=1 takes of a batch is strided,

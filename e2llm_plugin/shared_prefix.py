@@ -10,7 +10,8 @@ each layer attends
 - each row's queries to its own keys (its prompt after the prefix, then its answer), kept per row in buffers sized for
   the whole answer up front, so that a step writes only its new keys;
 
-with one softmax over both: what the attention of an ordinary cache of [prefix · own keys] gives each row.
+with one softmax over both: what the attention of an ordinary cache of [prefix · own keys] gives each row. Rows with
+no prefix (a prompt with nothing to cache) read their own keys through SDPA's fused kernel.
 
 `install` routes a decoder's attention through `attention`, which is transformers' SDPA attention unless a forward
 passes `shared_prefix=` (a `SharedPrefixCache`, also given as the forward's `cache`).
@@ -75,11 +76,13 @@ class SharedPrefixCache:
 
     `prefix_visible`: (rows, prefix positions) booleans, False where a row does not read a prefix position (hybrid's
     soft tokens of a chunk it reads as raw text); None when every row reads them all. `capacity`: the own positions a
-    row holds at most (its padded prompt after the prefix, and its answer)."""
+    row holds at most (its padded prompt after the prefix, and its answer). `unpadded`: no row hides any of its own
+    keys, so that a query reads every own key up to itself and a mask is needed only for causality."""
 
-    def __init__(self, prefix, capacity: int, prefix_visible: torch.Tensor | None = None):
+    def __init__(self, prefix, capacity: int, prefix_visible: torch.Tensor | None = None, unpadded: bool = False):
         self.prefix = [(layer.keys, layer.values) for layer in prefix.layers] if prefix is not None else []
         self.capacity = capacity
+        self.unpadded = unpadded
         self.prefix_bias = None
         if prefix_visible is not None:
             dtype = self.prefix[0][0].dtype
@@ -114,7 +117,16 @@ class SharedPrefixCache:
         own_mask: additive (rows, 1, queries, own). Returns (rows, queries, heads, head dim), as transformers'
         attention functions do."""
         rows, heads, queries, dim = query.shape
-        prefix = self.prefix[layer][0].shape[2] if self.prefix else 0
+        if not self.prefix:
+            # Each row's own keys alone: SDPA's fused kernel reads them without holding every score (at 8k positions,
+            # 2.4x faster than the products below with a mask, 4.9x with none but causality).
+            own = keys.shape[2]
+            plain = self.unpadded and queries in (1, own)  # a prefill from an empty cache, or one new token
+            out = nn.functional.scaled_dot_product_attention(
+                query, keys, values, attn_mask=None if plain else own_mask, is_causal=plain and queries > 1,
+                scale=scaling, enable_gqa=True)
+            return out.transpose(1, 2)
+        prefix = self.prefix[layer][0].shape[2]
         step = max(1, MAX_SCORES // (rows * heads * (prefix + keys.shape[2])))
         parts = [self._attend(layer, query[:, :, start : start + step], keys, values, own_mask[:, :, start : start + step],
                               scaling) for start in range(0, queries, step)]
@@ -132,21 +144,19 @@ class SharedPrefixCache:
         grouped = (query * scaling).reshape(rows, kv_heads, groups * queries, dim)
         scores = grouped @ keys.transpose(2, 3)
         scores.view(rows, kv_heads, groups, queries, -1).add_(own_mask[:, :, None])
-        if self.prefix:
-            prefix_keys, prefix_values = self.prefix[layer]
-            # Every row's queries against the one prefix: (kv heads, rows * groups * queries, dim) @ (kv heads, dim, P).
-            stacked = grouped.transpose(0, 1).reshape(kv_heads, rows * groups * queries, dim)
-            prefix_scores = (stacked @ prefix_keys[0].transpose(1, 2)).view(kv_heads, rows, groups, queries, -1)
-            if self.prefix_bias is not None:
-                prefix_scores.add_(self.prefix_bias[None, :, None, None])
-            prefix_scores = prefix_scores.view(kv_heads, rows, groups * queries, -1).transpose(0, 1)
-            scores = torch.cat([prefix_scores, scores], dim=-1)
+        prefix_keys, prefix_values = self.prefix[layer]
+        # Every row's queries against the one prefix: (kv heads, rows * groups * queries, dim) @ (kv heads, dim, P).
+        stacked = grouped.transpose(0, 1).reshape(kv_heads, rows * groups * queries, dim)
+        prefix_scores = (stacked @ prefix_keys[0].transpose(1, 2)).view(kv_heads, rows, groups, queries, -1)
+        if self.prefix_bias is not None:
+            prefix_scores.add_(self.prefix_bias[None, :, None, None])
+        prefix_scores = prefix_scores.view(kv_heads, rows, groups * queries, -1).transpose(0, 1)
+        scores = torch.cat([prefix_scores, scores], dim=-1)
         weights = scores.softmax(dim=-1) if scores.dtype == torch.float32 else scores.float().softmax(dim=-1).to(scores.dtype)
-        prefix = scores.shape[-1] - keys.shape[2]
+        prefix = prefix_keys.shape[2]
         out = weights[..., prefix:] @ values
-        if self.prefix:
-            stacked = weights[..., :prefix].transpose(0, 1).reshape(kv_heads, rows * groups * queries, prefix)
-            out += (stacked @ prefix_values[0]).view(kv_heads, rows, groups * queries, dim).transpose(0, 1)
+        stacked = weights[..., :prefix].transpose(0, 1).reshape(kv_heads, rows * groups * queries, prefix)
+        out += (stacked @ prefix_values[0]).view(kv_heads, rows, groups * queries, dim).transpose(0, 1)
         return out.view(rows, kv_heads, groups, queries, dim)
 
 

@@ -41,10 +41,11 @@ def test_it_is_attention_over_the_prefix_and_each_rows_own_keys(rows, prefix, be
     hides = prefix and data.draw(st.booleans(), label="hides")
     prefix_visible = torch.rand(rows, prefix) > 0.4 if hides else None
     sliced = data.draw(st.booleans(), label="sliced")
+    unpadded = bool(visible.all()) and data.draw(st.booleans(), label="unpadded")  # the decoder says so when true
 
     prefix_keys, prefix_values = torch.randn(1, KV_HEADS, prefix, DIM), torch.randn(1, KV_HEADS, prefix, DIM)
     cache = SharedPrefixCache(types.SimpleNamespace(layers=[types.SimpleNamespace(keys=prefix_keys, values=prefix_values)])
-                              if prefix else None, own + 2, prefix_visible)
+                              if prefix else None, own + 2, prefix_visible, unpadded=unpadded)
     keys, values = torch.randn(rows, KV_HEADS, own, DIM), torch.randn(rows, KV_HEADS, own, DIM)
     if before:
         cache.update(keys[:, :, :before], values[:, :, :before], 0)
