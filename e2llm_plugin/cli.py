@@ -18,7 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import MODES
+from .config import MODES, SWITCHED_OFF
 from .errors import E2LLMError
 
 
@@ -50,7 +50,6 @@ PROGRAMS = {
     "evaluate": "score methods on question sets (python -m e2llm_plugin.evaluate)",
     "bench": "time to first token and memory (python -m e2llm_plugin.bench)",
 }
-STORE_OFF = ("off", "0", "false", "none")  # the E2LLM_STORE values that turn the default store off
 
 
 def store_path(explicit: str | None) -> tuple[Path, bool]:
@@ -60,7 +59,7 @@ def store_path(explicit: str | None) -> tuple[Path, bool]:
     if explicit:
         return Path(explicit).expanduser(), True
     setting = os.environ.get("E2LLM_STORE", "").strip()
-    if setting.lower() in STORE_OFF:
+    if setting.lower() in SWITCHED_OFF:
         return default_store_path(), False
     return (Path(setting).expanduser() if setting else default_store_path()), True
 

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 #: Names that resolve to the models shipped inside PyPI packages (see `e2llm_plugin.embedded`).
 EMBEDDED_ENCODER = "embedded:all-MiniLM-L6-v2"
 EMBEDDED_DECODER = "embedded:SmolLM2-135M-Instruct"
+#: The values of an `E2LLM_*` environment variable that turn what it names off (`E2LLM_STORE=off`, `E2LLM_ONEDNN=off`).
+SWITCHED_OFF = ("off", "0", "false", "none")
 
 Mode = Literal["soft", "hybrid", "rag"]
 AdapterKind = Literal["vpma", "mlp"]

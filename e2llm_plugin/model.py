@@ -29,13 +29,14 @@ from tqdm.auto import tqdm
 
 from .adapter import build_adapter, mean_pool
 from .chunking import CHUNKING_VERSION, Chunk, Chunker, segments, validate_documents
-from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, CallOptions, E2LLMConfig, Mode, Ranking
+from .config import EMBEDDED_DECODER, EMBEDDED_ENCODER, SWITCHED_OFF, CallOptions, E2LLMConfig, Mode, Ranking
 from .context import CompressedContext, PrefixCache, count_cl100k, stored_context_problem
 from .decoder import ANSWER_INSTRUCTION, RESTATE_INSTRUCTION, Decoder, PrefixKey, Prompt, cache_from_tensors, cache_tensors
 from .encoder import ChunkEncoder
 from .errors import CheckpointError, ConfigError, E2LLMError, StoreError, UnreadableTextWarning, check_unicode
 from .files import recover, write_directory
 from .merged import is_trained
+from .onednn import route_linears
 from .ranking import fuse
 from .reading import TEACHER, RagReader, Reading, fit_passages, reader_for
 from .store import CompressedStore, Store, default_store_path, entry_problem
@@ -143,6 +144,7 @@ class E2LLM(
                 )
         config.encoder_dim, config.decoder_dim = self.encoder.dim, self.decoder.dim
         self.adapter = build_adapter(config, self.encoder.dim, self.decoder.dim, self.decoder.embed_scale())
+        route_linears(self)  # fp32 products through oneDNN: about twice as fast as MKL's on AMD CPUs
         self.chunker = self._chunker(config.chunk_tokens)
         self.store = open_store(store)
         self._timings: dict[str, float] | None = None  # set by profile()
@@ -814,7 +816,7 @@ def open_store(store) -> Store | None:
         return store
     if store is True:
         setting = os.environ.get("E2LLM_STORE", "").strip()
-        if setting.lower() in ("off", "0", "false", "none"):
+        if setting.lower() in SWITCHED_OFF:
             return None
         try:
             return CompressedStore(setting or default_store_path())
