@@ -48,7 +48,7 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
 # outside hybrid's passages, and hybrid answered "Independence Day, 18th July (1917)", rag "Independence Day, 6 July
 # (1819)"; fused ranking puts it first.
 PINNED = {
-    ("soft", "What is the national holiday of Finland?"): "Independence Day, 18.4 (1962)",
+    ("soft", "What is the national holiday of Finland?"): "Independence Day, 18 November (1917)",
     ("hybrid", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
     ("rag", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
     ("hybrid", "What is the capital of Finland?"): "Helsinki",
