@@ -137,9 +137,9 @@ def test_ranking_is_a_checked_reading_option_and_old_checkpoints_get_the_default
 @pytest.mark.slow
 def test_the_quick_start_questions_answer_line_is_among_the_hybrid_passages():
     """The README's question over the Factbook profile: dense ranking put the holiday's chunk 6th, past the 5 that fit
-    hybrid's raw budget; fused ranking puts it first."""
+    hybrid's raw budget; fused ranking puts it among them (second with round 17's encoder, first with round 12's)."""
     model = E2LLM.from_pretrained()
     ctx = model.compress([(Path(__file__).parent.parent / "examples" / "factbook_finland.txt").read_text(encoding="utf-8")])
     reading = model.read(QUESTION, ctx, "hybrid")
     assert any("National holiday: Independence Day, 6 December (1917)" in ctx.chunks[i].text for i, _ in reading.passages)
-    assert "6 December (1917)" in ctx.chunks[reading.ranking[0][0]].text
+    assert any("6 December (1917)" in ctx.chunks[i].text for i, _ in reading.ranking[:2])
