@@ -39,10 +39,9 @@ LINEAR = _op()
 
 
 class OneDNNLinear(nn.Linear):
-    """`nn.Linear` whose fp32 CPU products go through oneDNN when nothing needs their gradient. Every one of a model's:
-    alone, one row of a small layer is faster with MKL (576 -> 576: 21 µs against 31), but a decoder that switches between
-    the two libraries layer by layer answers slower than one on oneDNN throughout (16 questions one by one: 5.4 s
-    against 4.0)."""
+    """`nn.Linear` whose fp32 CPU products go through oneDNN when nothing needs their gradient, at every size: one row of
+    a small layer alone is faster with MKL (576 -> 576: 21 µs against 31), but a decoder that switches libraries from
+    layer to layer answered slower than one on oneDNN throughout (16 questions one by one: 5.4 s against 4.0)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
