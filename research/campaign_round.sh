@@ -2,7 +2,7 @@
 # One training round of the campaign, from a fresh clone to the shipping decision (docs/training-log.md, "How the
 # campaign runs from here"): build the data, mix curriculum, sentence-long-answer and QA lines, fine-tune from the
 # shipped checkpoint, then read the whole benchmark and the descriptive set in two one-thread lanes and compare them
-# with round 12's figures, paired.
+# with the shipped checkpoint's figures (round 17's), paired.
 #
 #   ROUND=17 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
 #
@@ -74,8 +74,8 @@ read -r -a sets <<< "descriptive $BENCH"
 lane "${sets[@]:0:6}" & lane "${sets[@]:6}" & wait
 
 # 4. Paired against the shipped checkpoint's figures.
-$PY -m research.compare docs/eval/round12/descriptive/results.json "runs/eval_r$ROUND/descriptive/results.json"
+$PY -m research.compare docs/eval/round17/descriptive/results.json "runs/eval_r$ROUND/descriptive/results.json"
 mkdir -p "runs/eval_r$ROUND/general"
 for s in $BENCH; do ln -sfn "../$s" "runs/eval_r$ROUND/general/$s"; done
-$PY -m research.compare docs/eval/general/round12 "runs/eval_r$ROUND/general"
+$PY -m research.compare docs/eval/general/round17 "runs/eval_r$ROUND/general"
 $PY -m research.compare --methods rag_tuned hybrid "runs/eval_r$ROUND/general"
