@@ -39,6 +39,9 @@ def test_squad_normalisation_and_scores():
     assert f1_score("nothing", "Denver") == 0.0
     assert f1_score("", "") == 1.0 and f1_score("a", "Denver") == 0.0
     assert f1_score("42 42", "42") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    # a gold answer made of punctuation is matched by itself only, not by any other string without words
+    assert f1_score(":", "':'") == 1.0 and exact_match("<<<<<<", "':'") == 0.0 and f1_score("", ":") == 0.0
+    assert score("<<<<<<<<", ["a colon", "colon", "':'"])["f1"] == 0.0
 
 
 def test_answer_recall_ignores_verbosity():

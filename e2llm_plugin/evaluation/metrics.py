@@ -14,12 +14,15 @@ from collections import Counter
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
+_QUOTES = "\"'` \t\n"
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, punctuation and the articles a/an/the removed, whitespace collapsed."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    """SQuAD's normalisation: lower case, punctuation and the articles a/an/the removed, whitespace collapsed.
+    An answer that is nothing but punctuation (":", "':'") keeps it, unquoted: otherwise it would equal every other
+    such answer ("<<<<"), and an empty prediction would match it."""
+    words = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", words).split()) or " ".join(text.strip(_QUOTES).split())
 
 
 def answer_in(text: str, gold: str) -> float:
