@@ -317,6 +317,10 @@ def test_compare_methods_pools_paired_differences_by_kind_of_set(capsys):
     assert pooled == {"general sets": [50.0, -50.0], "Factbook sets": [100.0, 100.0]}
     out = capsys.readouterr().out
     assert "general sets (n=2): rag_tuned - hybrid: F1 +0.0 ± 98.0" in out and "Factbook sets (n=2)" in out
+    runs[0]["files"]["test_general_novels.jsonl"]["examples"][0]["methods"]["hybrid"]["rouge_l"] = 0.25
+    runs[0]["files"]["test_general_novels.jsonl"]["examples"][0]["methods"]["rag_tuned"]["rouge_l"] = 0.75
+    assert compare.compare_methods(runs, "hybrid", "rag_tuned", metric="rouge_l") == {"general sets": [50.0],
+                                                                                       "Factbook sets": []}
     with pytest.raises(SystemExit):
         compare.main(["one.json"])  # neither two runs nor --methods
     with pytest.raises(SystemExit, match="these results hold: hybrid, rag_tuned"):
@@ -338,6 +342,8 @@ def test_compare_runs_pairs_two_benchmark_folders_set_by_set_and_pools_them(tmp_
     out = capsys.readouterr().out
     assert "test_general_novels.jsonl hybrid: 1/2 answers identical; F1 +50.0" in out
     assert "general sets hybrid (n=4): F1 +37.5" in out
+    assert compare.main(["--metric", "rouge_l", str(tmp_path / "old"), str(tmp_path / "new")]) == 0
+    assert "ROUGE-L" not in capsys.readouterr().out  # no answer carries it: nothing to pair
     with pytest.raises(SystemExit, match="no \\*/results.json"):
         compare.main([str(tmp_path), str(tmp_path / "new")])
 
