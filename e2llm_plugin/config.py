@@ -95,6 +95,8 @@ class GenerationConfig:
     repetition_penalty: float = setting(1.0, help="divide the logits of tokens already generated in this answer by it "
                                         "(1: off)", low=1.0, high=10.0)
     no_repeat_ngram_size: int = setting(0, help="never generate the same n-gram twice in one answer (0: off)", low=0, high=64)
+    stop_loops: bool = setting(True, help="end an answer that has begun to repeat itself word for word (a stretch of 8 or "
+                               "more tokens twice, a shorter one over 16 tokens) after the repeated stretch's first copy")
     temperature: float = setting(0.0, help="0: greedy; above 0, sample from the softmax at this temperature", low=0.0,
                                  high=100.0)
     top_p: float = setting(1.0, help="when sampling: the smallest set of tokens whose probability reaches top_p",

@@ -5,7 +5,8 @@ Prompt (inside the decoder's own chat template)::
     Given the contexts: [c_1 ... c_N] [Relevant passages: raw text]? Please follow the instruction: {instruction}
 
 Generation runs from `inputs_embeds` with a KV cache, one token at a time, so it streams: greedy by default, with a
-repetition penalty, n-gram blocking and sampling as `GenerationConfig` asks. A prompt's cacheable prefix is read once and
+repetition penalty, n-gram blocking and sampling as `GenerationConfig` asks, and an answer that starts to loop ends after
+the loop's first turn (`repeated_tail`). A prompt's cacheable prefix is read once and
 kept; answers after it read it through shared-prefix attention (`shared_prefix`), one answer or many together.
 """
 
@@ -15,7 +16,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -87,6 +88,10 @@ class PrefixKey(NamedTuple):
 BATCH_KV_BYTES = 1 << 30
 #: At most this many answers decoded together, however short their prompts.
 BATCH_ROWS = 64
+#: A loop (`repeated_tail`): a stretch of at least LOOP_UNIT tokens said twice in a row, or a shorter one repeated over
+#: at least LOOP_SPAN tokens (a word said 16 times, not the digits of "1000"). Stretches longer than LOOP_MAX_UNIT
+#: tokens are not looked for.
+LOOP_UNIT, LOOP_SPAN, LOOP_MAX_UNIT = 8, 16, 48
 
 
 class Decoder(nn.Module):
@@ -112,6 +117,7 @@ class Decoder(nn.Module):
         self.end_text = self.tokenizer.eos_token or ""
         # Strings the tokenizer turns into control tokens (<|im_start|>, ...): user text must never produce them.
         self.special_strings = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
+        self._words: dict[int, str] = {}  # token id -> its word for `repeated_tail`, as met
 
     def _stop_ids(self, model) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -326,7 +332,7 @@ class Decoder(nn.Module):
                 for row, token in self._decode(model, [prompts[i] for i in batch], max_new_tokens, stop, prefix_cache,
                                                generation):
                     answers[batch[row]].append(token)
-        return ["".join(self._texts(iter(tokens), stop)) for tokens in answers]
+        return ["".join(self._texts(iter(tokens), stop, generation.stop_loops)) for tokens in answers]
 
     def _decode(self, model: nn.Module, prompts: list[Prompt], max_new_tokens: int, stop: list[str],
                 prefix_cache: PrefixCache | None, generation: GenerationConfig) -> Iterator[tuple[int, int]]:
@@ -368,7 +374,8 @@ class Decoder(nn.Module):
                     continue
                 answers[row].append(token)
                 yield row, token
-                if len(answers[row]) < max_new_tokens and not self._stops(answers[row], stop):
+                if (len(answers[row]) < max_new_tokens and not self._stops(answers[row], stop)
+                        and not (generation.stop_loops and self.repeated_tail(answers[row]).loop)):
                     going.append(j)
             if not going:
                 return
@@ -419,16 +426,23 @@ class Decoder(nn.Module):
     def stream_text(self, prompt: Prompt, max_new_tokens: int, stop: list[str] | None = None,
                     prefix_cache: PrefixCache | None = None, generation: GenerationConfig | None = None) -> Iterator[str]:
         """Text pieces whose concatenation is the answer; ends early at the first `stop` string (not included)."""
-        return self._texts(self.generate_ids(prompt, max_new_tokens, prefix_cache, generation), stop)
+        generation = generation or GenerationConfig()
+        return self._texts(self.generate_ids(prompt, max_new_tokens, prefix_cache, generation), stop, generation.stop_loops)
 
-    def _texts(self, tokens: Iterator[int], stop: list[str] | None) -> Iterator[str]:
-        """The text pieces of an answer's tokens; stops pulling tokens at the first `stop` string (`_stops`)."""
+    def _texts(self, tokens: Iterator[int], stop: list[str] | None, stop_loops: bool = False) -> Iterator[str]:
+        """The text pieces of an answer's tokens; stops pulling tokens at the first `stop` string (`_stops`) and, with
+        `stop_loops`, at a loop (`repeated_tail`), whose repeats are dropped. Tokens that repeat the ones before them are
+        held back until they either turn into a loop or stop repeating, so a stream never shows what the answer drops."""
         stop = [s for s in (stop or []) if s]
         ids: list[int] = []
         emitted = 0  # characters already yielded
         text = ""
         for token in tokens:
             ids.append(token)
+            tail = self.repeated_tail(ids) if stop_loops else None
+            if tail is not None and tail.loop:  # end after the loop's first copy: its repeats were all held back
+                text = self.tokenizer.decode(ids[: tail.first_copy], skip_special_tokens=True)
+                break
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 continue
@@ -438,6 +452,9 @@ class Decoder(nn.Module):
                     yield text[emitted:cut]
                 return
             safe = len(text) - _held_back(text, stop)
+            if tail is not None and tail.first_copy < len(ids):  # something is said again: hold it back
+                first = self.tokenizer.decode(ids[: tail.first_copy], skip_special_tokens=True)
+                safe = min(safe, len(first.rstrip("\ufffd")))
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
@@ -446,6 +463,14 @@ class Decoder(nn.Module):
         cut = len(text) if cut < 0 else cut
         if cut > emitted:
             yield text[emitted:cut]
+
+    def repeated_tail(self, ids: list[int]) -> RepeatedTail:
+        """`repeated_tail` of the answer's words: a token's text without its leading space and case, so that a loop
+        of "The ... . The ..." or "L. L. L." starts at the answer's first "The" or "L", not at the next one."""
+        for token in ids:
+            if token not in self._words:
+                self._words[token] = self.tokenizer.decode([token]).strip().lower()
+        return repeated_tail([self._words[token] for token in ids])
 
     def _stops(self, ids: list[int], stop: list[str]) -> bool:
         """Whether `_texts` ends an answer after these tokens: a stop string is in their whole text."""
@@ -529,6 +554,30 @@ def next_token(logits: torch.Tensor, answer: list[int], generation: GenerationCo
         drop = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= generation.top_p
         logits[order[drop]] = float("-inf")
     return int(torch.multinomial(logits.softmax(-1), 1, generator=rng))
+
+
+class RepeatedTail(NamedTuple):
+    start: int  # where the repeating stretch begins
+    first_copy: int  # where its first copy ends: what comes after only repeats it
+    loop: bool  # whether it repeats enough to be a loop (LOOP_UNIT, LOOP_SPAN)
+
+
+def repeated_tail(ids: Sequence[Hashable]) -> RepeatedTail:
+    """The stretch of tokens that the answer `ids` ends by repeating: for each unit length, the longest end of `ids` in
+    which every token equals the one a unit before it; a repeat when that end is longer than one unit (something is being
+    said again), a loop when it is also two units long and long enough (LOOP_UNIT, LOOP_SPAN). Of the repeats found, the
+    first loop to end its first copy, or else the first repeat; `first_copy == len(ids)` when nothing repeats.
+    "a b c d c d c" repeats "c d" from index 2: its first copy ends at 4, and "d c" after it only repeats it."""
+    found = RepeatedTail(len(ids), len(ids), False)
+    for unit in range(1, min(LOOP_MAX_UNIT, len(ids) - 1) + 1):
+        span = unit
+        while span < len(ids) and ids[-1 - span + unit] == ids[-1 - span]:
+            span += 1
+        if span > unit:
+            loop = span >= 2 * unit and (unit >= LOOP_UNIT or span >= LOOP_SPAN)
+            found = min(found, RepeatedTail(len(ids) - span, len(ids) - span + unit, loop),
+                        key=lambda tail: (not tail.loop, tail.first_copy))
+    return found
 
 
 def _held_back(text: str, stops: list[str]) -> int:

@@ -473,7 +473,7 @@ class E2LLM(
         `history`: earlier chat turns (``{"role", "content"}`` dicts, a system message included) placed before the
         question's turn, which holds the compressed context. `raw_tokens`: decoder tokens of raw passages to read in
         hybrid and rag modes, instead of the config's budget. `generation`: options of `GenerationConfig` for this
-        answer (temperature, top_p, top_k, seed, repetition_penalty, no_repeat_ngram_size) over the config's.
+        answer (temperature, top_p, top_k, seed, repetition_penalty, no_repeat_ngram_size, stop_loops) over the config's.
         `options`: all of these settings at once, from `call_options`."""
         options = self.call_options(options, mode=mode, max_new_tokens=max_new_tokens, stop=stop, raw_tokens=raw_tokens,
                                     **generation)

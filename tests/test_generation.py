@@ -1,4 +1,4 @@
-"""Generation options: the repetition penalty and n-gram blocking over the answer's own tokens, sampling with a seed,
+"""Generation options: the repetition penalty, n-gram blocking and loop stop over the answer's own tokens, sampling with a seed,
 per-call options through the model, and `E2LLMConfig.generation` in checkpoints."""
 
 import collections
@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import LOREM, build_tiny_model
+from hypothesis import given
+from hypothesis import strategies as st
 
 from e2llm_plugin import E2LLM, E2LLMConfig, E2LLMError, GenerationConfig
-from e2llm_plugin.decoder import next_token
+from e2llm_plugin.decoder import LOOP_SPAN, LOOP_UNIT, next_token, repeated_tail
 from e2llm_plugin.errors import CheckpointError, ConfigError
 
 GREEDY = GenerationConfig()
@@ -127,6 +129,36 @@ def test_the_same_seed_samples_the_same_tokens_and_other_seeds_differ():
     assert len({tuple(sample(s)) for s in range(5)}) == 5
 
 
+# ---- loops -----------------------------------------------------------------------------------------------------------
+
+def test_repeated_tail_finds_where_a_loop_starts_repeating_itself():
+    assert repeated_tail([1, 2, 3]) == (3, 3, False)  # nothing repeats
+    assert repeated_tail([1, 2, 3, 4, 3, 4, 3]) == (2, 4, False)  # "3 4" said again: held back, not yet a loop
+    word = [1, 2] + [7] * LOOP_SPAN  # one token said LOOP_SPAN times: a loop, cut after its first
+    assert repeated_tail(word) == (2, 3, True) and not repeated_tail(word[:-1]).loop
+    sentence = [9] + list(range(10, 10 + LOOP_UNIT)) * 2  # a stretch of LOOP_UNIT tokens said twice: a loop
+    assert repeated_tail(sentence) == (1, 1 + LOOP_UNIT, True) and not repeated_tail(sentence[:-1]).loop
+    short = [9] + [3, 4, 5] * 2  # a short stretch said twice ("1 0 0 1 0 0"): not a loop
+    assert repeated_tail(short) == (1, 4, False)
+
+
+@given(st.lists(st.integers(0, 5), max_size=30), st.lists(st.integers(0, 5), min_size=1, max_size=12),
+       st.integers(1, 20), st.lists(st.integers(0, 5), max_size=5))
+def test_a_loop_is_found_as_soon_as_it_is_long_enough_and_only_its_repeats_are_dropped(head, unit, copies, partial):
+    ids = head + unit * copies + unit[: len(partial)]
+    tail = repeated_tail(ids)
+    assert tail.start <= tail.first_copy <= len(ids)
+    period = tail.first_copy - tail.start
+    if tail.first_copy < len(ids):  # what comes after the first copy repeats the stretch before it, token for token
+        assert all(ids[i] == ids[i - period] for i in range(tail.first_copy, len(ids)))
+    if tail.loop:
+        assert len(ids) - tail.start >= 2 * period and (period >= LOOP_UNIT or len(ids) - tail.start >= LOOP_SPAN)
+    repeats = len(unit) * copies + len(unit[: len(partial)]) - len(unit)  # tokens that repeat the unit's first copy
+    if repeats >= len(unit) and (len(unit) >= LOOP_UNIT or repeats + len(unit) >= LOOP_SPAN):
+        assert tail.loop  # the planted loop (or a shorter one inside it) is found
+        assert tail.first_copy <= len(head) + len(unit)  # and at most its first copy is kept
+
+
 # ---- 8. through the model ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -160,6 +192,23 @@ def test_no_repeat_ngram_through_the_decoder_and_the_model(tiny_model, ctx):
     assert len(blocked) > 2 and len(set(_bigrams(blocked))) == len(_bigrams(blocked)), blocked
     text = tiny_model.generate(QUESTION, context=ctx, max_new_tokens=30, no_repeat_ngram_size=2, mode="soft")
     assert text == tiny_model.decoder.tokenizer.decode(blocked, skip_special_tokens=True)  # the option reached the decoder
+
+
+def test_a_looping_answer_ends_after_its_first_copy_in_every_verb(tiny_model, ctx):
+    """The random tiny decoder loops: with `stop_loops` (the default) decoding stops as the loop is found, and the answer
+    is the one without it cut after the loop's first copy, alike from generate, stream and answer_many."""
+    free = _ids(tiny_model, ctx, 60, stop_loops=False)
+    loop = tiny_model.decoder.repeated_tail
+    found = next(t for t in range(1, len(free) + 1) if loop(free[:t]).loop)  # the test can fail: it must loop
+    expected = tiny_model.decoder.tokenizer.decode(free[: loop(free[:found]).first_copy], skip_special_tokens=True)
+    assert _ids(tiny_model, ctx, 60) == free[:found]  # no token decoded past the loop's discovery
+    generated = tiny_model.generate(QUESTION, context=ctx, max_new_tokens=60, mode="soft")
+    assert generated == expected and len(generated) < len(tiny_model.decoder.tokenizer.decode(free))
+    assert "".join(tiny_model.stream(QUESTION, context=ctx, max_new_tokens=60, mode="soft")) == expected
+    assert ["".join(a) for a in tiny_model.answer_many([QUESTION, QUESTION], context=ctx, max_new_tokens=60,
+                                                        mode="soft")] == [expected, expected]
+    off = tiny_model.generate(QUESTION, context=ctx, max_new_tokens=60, mode="soft", stop_loops=False)
+    assert off == tiny_model.decoder.tokenizer.decode(free, skip_special_tokens=True)
 
 
 def test_the_repetition_penalty_never_touches_the_first_token(tiny_model, ctx):
