@@ -6,6 +6,7 @@
 # docs/eval/general/$BEFORE/<set>/results.json, hybrid column).
 #
 #   bash research/families_run.sh            # both families side by side, one core each; FAMILIES="gnu" for one
+#   TAG=_terms FAMILIES=gnu bash research/families_run.sh    # another run beside the first: runs/dom_gnu_terms, ...
 #
 # Resumable: a step whose output is complete is skipped, a fine-tune cut short is continued (--resume).
 # CPU, one torch thread per process, as the benchmark was measured: about 40 min of training and 25 min of evaluation.
@@ -18,6 +19,7 @@ BEFORE=${BEFORE:-round18}       # the shipped checkpoint's folder under docs/eva
 MINUTES=${MINUTES:-60}
 STEPS=${STEPS:-300}           # batches of 4, 8-12 s each at one thread: inside the hour, so the cosine decays over them
 FAMILIES=${FAMILIES:-"gnu pydocs"}
+TAG=${TAG:-}                  # suffix of this run's folders (the "before" evaluation is shared)
 # The benchmark's general sets (as in docs/eval/README.md) and the Factbook; each family leaves out the set made of
 # its own documents (GNU manuals: general_unseen_kind; Python docs: general_docs).
 GENERAL="handwritten whole_document general_unseen_kind general_speeches general_docs general_novels general_papers \
@@ -36,39 +38,37 @@ evaluate() {  # evaluate MODEL DATA OUT QUESTIONS: skipped when OUT holds a fini
 }
 
 train() {  # train FAMILY: from the shipped checkpoint on the family's train documents only
-  local run=runs/dom_$1
+  local run=runs/dom_$1$TAG
   if [ -f "$run/config.json" ]; then echo "skip: $run is trained"; return; fi
   local resume=()
   if [ -f "$run/run.json" ]; then resume=(--resume); fi
   $PY -m e2llm_plugin.finetune --documents "data/families/$1/train" --output "$run" "${resume[@]}" \
     --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 --answer-out-ratio 0.3 --understanding-ratio 0.1 \
     --batch-size 4 --max-steps "$STEPS" --lr 2e-4 --warmup-steps 5 --time-budget "$MINUTES" --save-every 10 --eval-every 100000 \
-    --eval-examples 24 --seed 8 > "runs/dom_$1.log" 2>&1
+    --eval-examples 24 --seed 8 > "$run.log" 2>&1
 }
 
 measure() {  # measure FAMILY: its held-out questions before and after, then the general sets and the Factbook after
-  local fam=$1 run=runs/dom_$1
+  local fam=$1 run=runs/dom_$1$TAG out=runs/ev/dom_$1$TAG
   evaluate "$SHIPPED" "data/families/$fam/test.jsonl" "runs/ev/dom_${fam}_before" 80
-  evaluate "$run" "data/families/$fam/test.jsonl" "runs/ev/dom_${fam}_after" 80
+  evaluate "$run" "data/families/$fam/test.jsonl" "${out}_after" 80
   local before=()
   for s in $GENERAL; do
     [ "$s" = "${OWN_SET[$fam]}" ] && continue
-    evaluate "$run" "data/v2/test_$s.jsonl" "runs/ev/dom_${fam}_general/$s" 50
+    evaluate "$run" "data/v2/test_$s.jsonl" "${out}_general/$s" 50
     before+=("$BEFORE=docs/eval/general/$BEFORE/$s")
   done
-  $PY -m e2llm_plugin.evaluate --combine before="runs/ev/dom_${fam}_before" after="runs/ev/dom_${fam}_after" \
-    --out "runs/ev/dom_${fam}_table"
-  $PY -m e2llm_plugin.evaluate --combine "${before[@]}" "dom_$fam=runs/ev/dom_${fam}_general" \
-    --out "runs/ev/dom_${fam}_general_table"
+  $PY -m e2llm_plugin.evaluate --combine before="runs/ev/dom_${fam}_before" after="${out}_after" --out "${out}_table"
+  $PY -m e2llm_plugin.evaluate --combine "${before[@]}" "dom_$fam$TAG=${out}_general" --out "${out}_general_table"
 }
 
 for fam in $FAMILIES; do train "$fam" & done; wait
-for fam in $FAMILIES; do measure "$fam" > "runs/ev_dom_$fam.log" 2>&1 & done; wait
+for fam in $FAMILIES; do measure "$fam" > "runs/ev_dom_$fam$TAG.log" 2>&1 & done; wait
 
 for fam in $FAMILIES; do
   echo "== $fam: held-out questions, hybrid before and after"
-  $PY -m research.compare "runs/ev/dom_${fam}_before/results.json" "runs/ev/dom_${fam}_after/results.json"
-  echo "== $fam: general sets and Factbook, $BEFORE against after (runs/ev/dom_${fam}_general_table/benchmark.md)"
-  cat "runs/ev/dom_${fam}_general_table/benchmark.md"
-  $PY -m research.compare "docs/eval/general/$BEFORE" "runs/ev/dom_${fam}_general"
+  $PY -m research.compare "runs/ev/dom_${fam}_before/results.json" "runs/ev/dom_${fam}${TAG}_after/results.json"
+  echo "== $fam: general sets and Factbook, $BEFORE against after (runs/ev/dom_${fam}${TAG}_general_table/benchmark.md)"
+  cat "runs/ev/dom_${fam}${TAG}_general_table/benchmark.md"
+  $PY -m research.compare "docs/eval/general/$BEFORE" "runs/ev/dom_${fam}${TAG}_general"
 done

@@ -85,6 +85,30 @@ def test_technical_text_asks_what_and_unanswerable_entities_are_skipped(nlp):
     assert q.question_from(doc.ents[0].sent, doc.ents[0]) is None
 
 
+@pytest.mark.parametrize("sentence, answer, question", [
+    ("'chroot' runs a command with a specified root directory.", "chroot",
+     "What runs a command with a specified root directory?"),
+    ("The '--skip-chdir' option does not change the working directory (the default).", "--skip-chdir",
+     "Which option does not change the working directory?"),
+    ("os.walk() yields the file names in a directory tree.", "os.walk()", "What yields the file names in a directory tree?"),
+    ("‘env’ is commonly used on the first line of scripts.", "env", "What is commonly used on the first line of scripts?"),
+])
+def test_technical_sentences_ask_for_the_term_they_are_about(nlp, sentence, answer, question):
+    span, asked = q.term_question(next(nlp(sentence).sents))
+    assert (span.text, asked) == (answer, question)
+
+
+@pytest.mark.parametrize("sentence", [
+    "'ls' and 'dir' list the files of a directory.",  # two subjects: which one?
+    "The next section shows a complete example of it.",  # no term named
+    "This function can be called in several ways.",  # a determiner, not a term
+    "Python is a language that many people use.",  # a name, but not written as code
+    "It says that 'chroot' runs a command.",  # the term is not the subject
+])
+def test_sentences_not_about_one_named_term_ask_nothing(nlp, sentence):
+    assert q.term_question(next(nlp(sentence).sents)) is None
+
+
 def test_counterfactual_swaps_the_answer_everywhere_in_context_and_answer():
     example = {"context": ["Adams spoke in Boston in 1825.", "Later Adams left Boston."],
                "prompt": "Who spoke in Boston in 1825?", "answer": "Adams", "task": "entity_qa", "source": "documents",
@@ -174,6 +198,23 @@ def test_lines_from_documents_are_seeded_and_read_off_the_text(nlp):
         if line["task"].endswith("_counterfactual"):
             assert not q.word_pattern(line["original_answer"]).search(context), line
     assert tasks.build_lines(docs, seed=1, recipe=many) != lines
+    assert not counts.get("term_qa")  # prose: no term questions
+
+
+def test_technical_documents_also_get_questions_about_their_terms(nlp):
+    manual = "\n\n".join([
+        "The 'tidy' program",
+        "'tidy' removes trailing spaces from every line of the given files. The '--quiet' option turns off the "
+        "messages about each file. Use 'tidy --check' in scripts; it exits with status 1 when a "
+        "file would change.",
+        "The '--backup' option keeps a copy of each file with the suffix '.orig' before changing it. The "
+        "'TIDY_SUFFIX' variable overrides that suffix. 'untidy' restores the files from their copies."])
+    assert tasks.looks_technical(manual)
+    lines = tasks.build_lines([("tidy.txt", manual)], seed=0, recipe=tasks.Recipe(term_per_1000=200))
+    terms = [line for line in lines if line["task"].startswith("term_qa")]
+    assert {line["answer"] for line in terms} >= {"tidy", "--quiet", "--backup"}, terms
+    for line in terms:
+        assert line["answer"] in line["context"] and line["prompt"].startswith(("What ", "Which ")), line
 
 
 def test_a_missing_pipeline_is_a_typed_error_naming_the_install_command(monkeypatch):

@@ -8,6 +8,9 @@ clauses and coordinated clauses are dropped, so the question differs from the se
 sentence of the passage holds the same answer and shares content words with the question, a builder can drop the
 question's own sentence from the context (Fabbri et al., 2020), so the answer must be found in a different wording.
 
+Technical text (manuals, API pages) quotes its terms and seldom names anything NER knows: there a sentence about a term
+becomes a question whose answer is the term ("'chroot' runs a command ..." -> "What runs a command ...?", `term_question`).
+
 Also here: consistent entity swaps for counterfactual copies, whole-document questions (counts, most-mentioned,
 neighbouring sentences, sections, first-and-last paragraphs, which-year-first) and descriptive questions ("Describe X.",
 "Summarize the section on Y.") whose answer is the one to three sentences of the text about X, or a section's lead.
@@ -247,6 +250,58 @@ def candidates(paragraph_docs: list, rng: random.Random, limit: int = 10 ** 6, g
             if len(out) >= limit:
                 break
     return out
+
+
+# A sentence about a term, as manuals write them: quoted ("'chroot' runs ...", "The '--force' option makes ...") or
+# code-like ("The __get__ method returns ...", "os.walk() yields ...", "The Ten class is ...").
+_TERM_KINDS = "option|command|program|function|variable|file|directory|method|class|module|macro|attribute|argument"
+_TERM_SUBJECT = re.compile(r"(?:[Tt]he )?(?:['‘`]([^'’`\s][^'’`]{0,38}?)['’`]|([A-Za-z_][\w.]{0,38}(?:\(\))?))"
+                           rf"(?: ({_TERM_KINDS}))?(?=\s)")
+_TERM_LEAD = {"aux", "auxpass", "neg", "advmod"}
+
+
+def term_question(sent):
+    """(answer span, question) asking for the quoted term a sentence of technical text is about, or None: "'chroot' runs
+    a command with a specified root directory." -> "What runs a command with a specified root directory?" (chroot);
+    "The '--skip-chdir' option does not change the working directory." -> "Which option does not change the working
+    directory?" (--skip-chdir). Manuals quote their terms, and their entities are seldom names NER knows, so the entity
+    questions find little in them; the term is the short answer here, and the question keeps the sentence's own order
+    (the wh-word stands where the subject stood)."""
+    match = _TERM_SUBJECT.match(sent.text)
+    if match is None or (match.group(2) and not (re.search(r"[_.]\w|\(\)$", match.group(2))
+                                                 or (match.group(3) and match.group(2)[0].isupper()))):
+        return None  # an unquoted subject is a term only when it looks like code, or is named as one ("The Ten class")
+    root = sent.root
+    if root.pos_ not in ("VERB", "AUX") or not 5 <= len(sent) <= 40 or sent.text.rstrip().endswith("?"):
+        return None
+    subjects = [c for c in root.children if c.dep_ in ("nsubj", "nsubjpass")]
+    end = sent.start_char + match.end()
+    if len(subjects) != 1 or subjects[0].idx >= end or root.dep_ != "ROOT":
+        return None  # the quoted term must be the main verb's one subject
+    first = next((t for t in sent if t.idx > end), None)
+    if first is None or not (first == root or (first.head == root and first.dep_ in _TERM_LEAD)):
+        return None  # "'ls' and 'dir' list ...": the predicate must follow the subject
+    predicate = re.sub(r"\s*\([^()]*\)", "", sent.text[match.end():])  # asides in parentheses
+    predicate = " ".join(predicate.split()).rstrip(" .:;!")
+    term = 1 if match.group(1) else 2
+    answer = sent.doc.char_span(sent.start_char + match.start(term), sent.start_char + match.end(term), label="TERM")
+    if answer is None or answer[0].pos_ in ("DET", "PRON", "ADJ", "NUM"):
+        return None  # "This function ...", "Each method ...": no term named
+    wh = f"Which {match.group(3)}" if match.group(3) else "What"
+    question = f"{wh} {predicate}?"
+    if not predicate[:1].islower() or not 4 <= len(question.split()) <= 30 or re.search(r"[(){}\[\]]", predicate) or \
+            word_pattern(answer.text).search(predicate) or \
+            predicate.split()[-1].lower() in _STOP - {"it", "them"}:
+        return None
+    return answer, question
+
+
+def term_candidates(paragraph_docs: list, rng: random.Random) -> list:
+    """(paragraph index, sentence, term span, question) for the sentences `term_question` asks about, in random order."""
+    found = [(p, sent, *made) for p, doc in enumerate(paragraph_docs) for sent in doc.sents
+             if (made := term_question(sent))]
+    rng.shuffle(found)
+    return found
 
 
 def support_sentence(paragraph_docs: list, sent, ent, question: str):

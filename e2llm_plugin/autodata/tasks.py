@@ -1,7 +1,8 @@
 """Training lines made from documents alone: no labels, every answer read off the text (see `questions`).
 
 From each document: restate windows (understanding lines ``{"text"}``), entity wh-questions (some asked from another
-sentence than the one kept in the context), counterfactual copies (the answer entity swapped everywhere in context and
+sentence than the one kept in the context), questions about the quoted or code-like terms that sentences of technical
+text are about (``term_qa``), counterfactual copies (the answer entity swapped everywhere in context and
 answer), whole-document questions over long excerpts, descriptive questions answered by the one to three sentences
 about a topic or a section's lead, and, given several documents, haystacks (a passage hidden among other documents'
 passages). Lines are the format `python -m e2llm_plugin.finetune` reads, plus ``task``, ``source`` and ``doc_id``.
@@ -38,6 +39,7 @@ class Excerpt:
         self.generic, self.allowed_labels = generic, allowed_labels
         self.parsed: list = []
         self._candidates = None
+        self._terms = None
 
     @property
     def words(self) -> int:
@@ -51,6 +53,12 @@ class Excerpt:
                                 if (not allowed or c[2].label_ in allowed)
                                 and not (generic and re.search(r"[$/_\\()<>{}=.]\S", c[2].text))]
         return self._candidates
+
+    def term_candidates(self) -> list:
+        """`questions.term_candidates`: questions whose answer is the term a sentence is about (technical text)."""
+        if self._terms is None:
+            self._terms = q.term_candidates(self.parsed, random.Random(f"terms:{self.source}:{self.doc_id}"))
+        return self._terms
 
     def ents(self) -> list[tuple[str, str]]:
         return [(e.text, e.label_) for d in self.parsed for e in d.ents]
@@ -87,21 +95,24 @@ def window_around(paragraphs: list[str], p: int, rng: random.Random, low: int, h
     return a, b
 
 
-def entity_qa(ex: Excerpt, rng: random.Random, low: int = 300, high: int = 1200, other_sentence: float = 0.5) -> dict | None:
-    cands = ex.candidates()
+def entity_qa(ex: Excerpt, rng: random.Random, low: int = 300, high: int = 1200, other_sentence: float = 0.5,
+              terms: bool = False) -> dict | None:
+    """A question whose answer is an entity of the excerpt (or, with ``terms``, the term a sentence of technical text is
+    about: task ``term_qa``), over a window of ``low``-``high`` words around it; some asked from another sentence."""
+    cands = ex.term_candidates() if terms else ex.candidates()
     if not cands:
         return None
     p, sent, ent, question = rng.choice(cands)
     a, b = window_around(ex.paragraphs, p, rng, low, high)
     paragraphs = ex.paragraphs[a:b]
-    task = "entity_qa"
+    task = "term_qa" if terms else "entity_qa"
     if rng.random() < other_sentence:
         support = q.support_sentence(ex.parsed[a:b], sent, ent, question)
         if support is not None:
             local = p - a
             cut = paragraphs[local].replace(sent.text, "", 1)
             paragraphs = paragraphs[:local] + ([" ".join(cut.split())] if cut.strip() else []) + paragraphs[local + 1:]
-            task = "entity_qa_other_sentence"
+            task += "_other_sentence"
     context = "\n".join(paragraphs)
     if ent.text not in context:
         return None
@@ -326,6 +337,7 @@ class Recipe:
     """
 
     entity_per_1000: float = 20.0
+    term_per_1000: float = 4.0  # as many as there are: sentences about a quoted or code-like term are rare outside manuals
     describe_per_1000: float = 6.0
     section_per_1000: float = 2.0
     haystack_per_1000: float = 2.0
@@ -390,6 +402,7 @@ def _excerpt_lines(ex: Excerpt, excerpts: list[Excerpt], pool, technical: set[st
     words = ex.words
     made = restate_windows(ex, rng, *recipe.restate_words)
     qa = repeat(lambda r: entity_qa(ex, r), _quota(recipe.entity_per_1000, words, rng), rng)
+    qa += repeat(lambda r: entity_qa(ex, r, terms=True), _quota(recipe.term_per_1000, words, rng), rng)
     made += qa + counterfactuals(qa, pool, recipe.counterfactual_share, rng, technical)
     made += repeat(lambda r: descriptive(ex, r), _quota(recipe.describe_per_1000, words, rng), rng)
     made += repeat(lambda r: section_lead(ex, r), _quota(recipe.section_per_1000, words, rng), rng)
