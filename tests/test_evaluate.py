@@ -262,6 +262,9 @@ def test_looping_answers_are_told_from_short_and_listing_ones():
     assert loops("yes yes yes yes yes yes")
     assert not loops("Independence Day, 6 December (1917)")
     assert not loops("red, green and blue; red and green")
+    quoted = "The policy that will work best is local. The policy that will work best is shared."
+    assert loops(quoted) and not loops(quoted, source="Words. " + quoted)  # the document says it twice: a quote
+    assert loops(quoted + " The policy that will work best", source=quoted)  # once more than the document: a loop
 
 
 def test_load_examples_keeps_every_accepted_answer(tmp_path):

@@ -172,7 +172,8 @@ class Evaluator:
         outcome.ttft_s += shared
         outcome.total_s += shared
         outcome.peak_mb = max([memory.peak_mb] + [s.peak_mb for s in stages])
-        outcome.__dict__.update(score(outcome.prediction, example.answers), loops=loops(outcome.prediction))
+        outcome.__dict__.update(score(outcome.prediction, example.answers),
+                                loops=loops(outcome.prediction, "\n".join(example.documents)))
         if method in READS and reader_for(READS[method]).reads_raw:
             # Untimed diagnostic: whether the passages read verbatim hold the answer (retrieval, not reading, failed if not).
             text = " ".join(answer.context.chunks[i].text for i, _ in answer.passages)

@@ -80,12 +80,18 @@ def score(prediction: str, golds: str | list[str]) -> dict[str, float]:
             for name, fn in (("em", exact_match), ("f1", f1_score), ("recall", answer_recall), ("rouge_l", rouge_l))}
 
 
-def loops(prediction: str) -> bool:
+def loops(prediction: str, source: str = "") -> bool:
     """Whether an answer is stuck in a loop: a word 3-gram said three times, or a 5-gram twice (a short answer that is
-    right almost never repeats itself like that)."""
+    right almost never repeats itself like that), more often than the `source` it reads says it (an answer that quotes
+    two sentences of the document beginning alike does not loop)."""
     words = normalize_answer(prediction).split()
     grams = {n: Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1)) for n in (3, 5)}
-    return any(c >= 3 for c in grams[3].values()) or any(c >= 2 for c in grams[5].values())
+    repeated = [(gram, count) for n, least in ((3, 3), (5, 2)) for gram, count in grams[n].items() if count >= least]
+    if not repeated or not source:
+        return bool(repeated)
+    said = normalize_answer(source).split()
+    return any(count > sum(tuple(said[i : i + len(gram)]) == gram for i in range(len(said) - len(gram) + 1))
+               for gram, count in repeated)
 
 
 # ---- memory ---------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import GenerationConfig
-from .methods import DESCRIPTIONS, METHODS, load_examples
+from .methods import DESCRIPTIONS, METHODS, Example, load_examples
 from .metrics import loops, score
 
 
@@ -133,11 +133,11 @@ def plot(results: dict, path: str | Path) -> None:
 
 
 # ---- the benchmark: several evaluation runs in one table ---------------------------------------------------------
-def _accepted_answers(path: str | Path) -> dict[tuple[str, str], list[str]]:
-    """(question, answer) -> accepted answers, from a data file (lines may list several in `answers`); keyed by both,
-    since one question ("Who gave this address?") can be asked of several documents."""
+def _examples(path: str | Path) -> dict[tuple[str, str], Example]:
+    """(question, answer) -> the example of a data file (its accepted answers, its documents); keyed by both, since one
+    question ("Who gave this address?") can be asked of several documents."""
     try:
-        return {(e.question, e.answer): e.answers for e in load_examples(path)}
+        return {(e.question, e.answer): e for e in load_examples(path)}
     except OSError:
         return {}
 
@@ -152,12 +152,13 @@ def combine(runs: dict[str, list[dict]]) -> dict:
     for label, results_list in runs.items():
         for results in results_list:
             for name, f in results["files"].items():
-                accepted = _accepted_answers(f["path"])
+                examples = _examples(f["path"])
                 for row in f["examples"]:
-                    golds = accepted.get((row["question"], row["answer"]), [row["answer"]])
+                    example = examples.get((row["question"], row["answer"]))
+                    golds, source = (example.answers, "\n".join(example.documents)) if example else ([row["answer"]], "")
                     for outcome in row["methods"].values():
                         if outcome["prediction"] is not None:
-                            outcome.update(score(outcome["prediction"], golds), loops=loops(outcome["prediction"]))
+                            outcome.update(score(outcome["prediction"], golds), loops=loops(outcome["prediction"], source))
                     hybrid = row["methods"].get("hybrid", {})
                     missed = hybrid.get("passage_hit") == 0.0
                     whole = str(row.get("task", "")).replace("handwritten_", "").startswith("whole_document")
