@@ -4,7 +4,7 @@
 # shipped checkpoint, then read the whole benchmark and the descriptive set in two one-thread lanes and compare them
 # with the shipped checkpoint's figures (round 18's), paired.
 #
-#   ROUND=19 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
+#   ROUND=20 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
 #
 # Resumable: a step whose output exists is skipped, a fine-tune cut short continues (--resume). Everything lands in
 # runs/ (local to this machine: ship the result, or record it in the training log, before the session ends).
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-.venv/bin/python}
-ROUND=${ROUND:?set ROUND, e.g. ROUND=19}
+ROUND=${ROUND:?set ROUND, e.g. ROUND=20}
 SEED=${SEED:-$ROUND}
 STEPS=${STEPS:-290}           # batches of 4: rounds 13-15's sum, about 75 minutes at 0.26 examples/s (the cosine decays over them)
 MINUTES=${MINUTES:-90}        # a time budget that stops it cleanly on a slower machine
