@@ -466,10 +466,12 @@ class Decoder(nn.Module):
 
     def repeated_tail(self, ids: list[int]) -> RepeatedTail:
         """`repeated_tail` of the answer's words: a token's text without its leading space and case, so that a loop
-        of "The ... . The ..." or "L. L. L." starts at the answer's first "The" or "L", not at the next one."""
+        of "The ... . The ..." or "L. L. L." starts at the answer's first "The" or "L", not at the next one. A token
+        that is part of a character (byte tokens of CJK text, emoji) stands for itself: its text alone is only "\ufffd"."""
         for token in ids:
             if token not in self._words:
-                self._words[token] = self.tokenizer.decode([token]).strip().lower()
+                word = self.tokenizer.decode([token]).strip().lower()
+                self._words[token] = word if "\ufffd" not in word else f"\ufffd{token}"
         return repeated_tail([self._words[token] for token in ids])
 
     def _stops(self, ids: list[int], stop: list[str]) -> bool:

@@ -311,6 +311,19 @@ def _most_repeated_word_trigram(text):
 
 
 @pytest.mark.slow
+def test_the_shipped_decoder_compares_words_case_and_space_aside_but_never_halves_of_characters():
+    decoder = E2LLM.from_pretrained(store=False).decoder
+    tokenizer, tail = decoder.tokenizer, decoder.repeated_tail
+    ids = tokenizer("L. L. L. L. L. L. L. L. L.", add_special_tokens=False)["input_ids"]
+    assert tail(ids).loop and tokenizer.decode(ids[: tail(ids).first_copy]) == "L."  # from the first "L", unspaced
+    # SmolLM2 writes most CJK characters as byte tokens whose text alone is "\ufffd": equal as text, not as words.
+    text = "中华人民共和国是工人阶级领导的以工农联盟为基础的人民民主专政的社会主义国家鬱鬱蔥蔥齉龘"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert sum("\ufffd" in tokenizer.decode([i]) for i in ids) > len(ids) / 2  # the case this test is about
+    assert not any(tail(ids[:end]).loop for end in range(1, len(ids) + 1))
+
+
+@pytest.mark.slow
 def test_shipped_checkpoint_with_repetition_controls_and_seeded_sampling():
     model = E2LLM.from_pretrained()
     text = (Path(__file__).parent.parent / "examples" / "factbook_finland.txt").read_text()
