@@ -53,6 +53,7 @@ PY
 # 2. Fine-tune (round 15's recipe; both cores).
 if [ ! -f "$RUN/model.safetensors" ]; then
   resume=(); [ -d "$RUN/checkpoints" ] && resume=(--resume)
+  [ -d "$RUN/checkpoints" ] || rm -rf "$RUN"   # stopped before its first save: nothing to resume, start over
   OMP_NUM_THREADS=2 $PY -m e2llm_plugin.finetune --data "$RUN.jsonl" --eval-data data/v2/eval.jsonl --from "$FROM" \
     --output "$RUN" --distill 2 --max-chunks "$MAX_CHUNKS" --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 \
     --answer-out-ratio 0.3 --understanding-ratio 0.2 --batch-size 4 --max-steps "$STEPS" --time-budget "$MINUTES" \
