@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import Expansion, Precision, Ranking
+from .config import Expansion, PassageOrder, Precision, Ranking
 from .errors import E2LLMError
 from .evaluation import report
 from .evaluation.methods import DESCRIPTIONS, METHODS, Evaluator, load_examples, load_texts, reconstruction, soft_f1_and_ratio
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranking", choices=typing.get_args(Ranking), default=None,
                    help="override how chunks are ranked for the raw passages: fused (BM25 + cosine) or dense (cosine only; "
                    "default: the checkpoint's)")
+    p.add_argument("--passage-order", choices=typing.get_args(PassageOrder), default=None,
+                   help="override the order raw passages are read in: document, or ranked (best first; default: the "
+                   "checkpoint's)")
     p.add_argument("--encoder-precision", choices=typing.get_args(Precision), default=None,
                    help="override the inference encoder's precision (default: the checkpoint's, auto)")
     p.add_argument("--reconstruction", default=None, help="JSONL file whose texts are restated from soft tokens")
@@ -142,7 +145,8 @@ def run(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
 
     overrides = {k: v for k, v in (("hybrid_raw_tokens", args.hybrid_raw_tokens), ("encoder_precision", args.encoder_precision),
-                                   ("hybrid_expansion", args.hybrid_expansion), ("ranking", args.ranking)) if v is not None}
+                                   ("hybrid_expansion", args.hybrid_expansion), ("ranking", args.ranking),
+                                   ("passage_order", args.passage_order)) if v is not None}
     model = _load(args.model, args.device, **overrides)
     model.config.generation = model.config.generation.with_overrides(_generation_options(args.generation))
     rag_model = _load(args.rag_model, args.device, **overrides) if "rag_ft" in methods else None

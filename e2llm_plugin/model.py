@@ -416,7 +416,7 @@ class E2LLM(
 
     def select_passages(self, question: str, context: CompressedContext, budget: int, *, exclude=frozenset(),
                         include=frozenset()) -> list[tuple[int, float]]:
-        """The best-ranked chunks (`rank_chunks`) whose raw text fits `budget` decoder tokens, in document order.
+        """The best-ranked chunks (`rank_chunks`) whose raw text fits `budget` decoder tokens, in the order read.
         Training steers it: chunks in `exclude` are never chosen, chunks in `include` are taken first."""
         return fit_passages(self, context, self.rank_chunks(question, context), budget, exclude, include)
 

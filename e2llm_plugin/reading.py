@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from .config import Expansion, Mode, check_mode
+from .config import Expansion, Mode, PassageOrder, check_mode
 from .decoder import ANSWER_INSTRUCTION, PASSAGES_HEADING, Prompt
 from .errors import ConfigError, ContextOverflowError, E2LLMError
 
@@ -47,7 +47,7 @@ class Reading:
 
     mode: Mode
     prompt: Prompt
-    passages: Ranking  # (chunk index, score) read as raw text, in document order
+    passages: Ranking  # (chunk index, score) read as raw text, in the order read (the config's passage_order)
     chunks_read: int  # chunks read as soft tokens (rag: passages read)
     ranking: Ranking | None  # every chunk, best first; None where the reading ranked none (soft, all fit)
 
@@ -200,8 +200,9 @@ def reader_for(mode: str) -> Reader:
 
 def fit_passages(model: E2LLM, context: CompressedContext, ranking: Ranking, budget: int,
                  exclude: Collection[int] = frozenset(), include: Collection[int] = frozenset()) -> Ranking:
-    """The best chunks of `ranking` whose raw text fits `budget` decoder tokens, in document order. Training
-    steers it: chunks in `exclude` are never chosen, chunks in `include` are taken first."""
+    """The best chunks of `ranking` whose raw text fits `budget` decoder tokens, in the order they are read (the
+    config's `passage_order`: document order, or best first). Training steers it: chunks in `exclude` are never
+    chosen, chunks in `include` are taken first (and read where their rank puts them)."""
     ranked = [item for item in ranking if item[0] not in exclude]
     ranked.sort(key=lambda item: item[0] not in include)  # stable: ranking order within each group
     chosen, used = [], 0
@@ -212,4 +213,10 @@ def fit_passages(model: E2LLM, context: CompressedContext, ranking: Ranking, bud
             used += cost
         if budget - used < 8:
             break
+    order = model.config.passage_order
+    if order not in typing.get_args(PassageOrder):  # checked when the config is built; a later assignment here
+        raise ConfigError(f"passage_order must be one of {typing.get_args(PassageOrder)}, got {order!r}")
+    if order == "ranked":
+        rank = {index: position for position, (index, _) in enumerate(ranking)}
+        return sorted(chosen, key=lambda item: rank[item[0]])
     return sorted(chosen)

@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-soft-chunks", default=None,
                    help="comma-separated max_soft_chunks values, each read in every mode (0: every chunk that fits the "
                    "window; default: the checkpoint's)")
+    p.add_argument("--passage-order", choices=["document", "ranked"], default=None,
+                   help="the order raw passages are read in (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for results.json")
     args = p.parse_args(argv)
@@ -150,11 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = E2LLM.from_pretrained(args.model, store=str(Path(tmp) / "store.sqlite"))
         modes = args.modes.split(",") if args.modes else [model.config.mode]
+        if args.passage_order:
+            model.config.passage_order = args.passage_order
         if args.max_soft_chunks is not None:  # "hybrid/96": hybrid reading at most 96 chunks as soft tokens (rag reads none)
             caps = [int(cap) for cap in args.max_soft_chunks.split(",")]
             modes = [m for m in modes if not reader_for(m).reads_soft] + \
                 [f"{m}/{cap}" for cap in caps for m in modes if reader_for(m).reads_soft]
-        report = {"model": args.model or "shipped", "modes": modes, "variants": args.variants, "probes": {}}
+        report = {"model": args.model or "shipped", "modes": modes, "variants": args.variants,
+                  "passage_order": model.config.passage_order, "probes": {}}
         order = [t for t in ("quickstart", "needle_200k", "files_50", "needle_1m") if t in args.tests]
         for test in order:
             if test == "quickstart":

@@ -12,7 +12,7 @@ from conftest import LOREM, build_tiny_model, configured
 from e2llm_plugin import E2LLM, CompressedContext
 from e2llm_plugin import decoder as decoder_module
 from e2llm_plugin.adapter import build_adapter
-from e2llm_plugin.config import CallOptions, GenerationConfig, Mode
+from e2llm_plugin.config import CallOptions, E2LLMConfig, GenerationConfig, Mode
 from e2llm_plugin.decoder import next_token
 from e2llm_plugin.errors import ConfigError, ContextOverflowError, E2LLMError, StoreError
 from e2llm_plugin.reading import READERS, Reading, reader_for
@@ -79,6 +79,34 @@ def test_max_soft_chunks_reads_the_best_ranked_chunks_in_document_order(tiny_mod
         assert training.prompt.num_tokens > capped.prompt.num_tokens
     with configured(tiny_model, max_soft_chunks=ctx.num_chunks):
         assert tiny_model.read(QUESTION, ctx, mode).prompt.num_tokens == whole.prompt.num_tokens
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "rag"])
+def test_ranked_passages_are_read_best_first(tiny_model, mode, monkeypatch):
+    # The chunk that names the question's words comes last in the documents, first in the ranking.
+    ctx = tiny_model.compress([LOREM * 2, "Cats sleep most of the day. " * 6, "The National Day is on 26 October."])
+    read_texts = []  # what the decoder is given as raw text: hybrid's passages, rag's context slot
+    build, embed_text = tiny_model.decoder.build_prompt, tiny_model.decoder.text_embeddings
+    monkeypatch.setattr(tiny_model.decoder, "build_prompt", lambda soft, instruction, raw=None, **kw: (
+        read_texts.append(raw) if raw else None, build(soft, instruction, raw, **kw))[1])
+    monkeypatch.setattr(tiny_model.decoder, "text_embeddings", lambda text, **kw: (
+        read_texts.append(text) if text else None, embed_text(text, **kw))[1])
+    document = tiny_model.read(QUESTION, ctx, mode, raw_tokens=60)
+    with configured(tiny_model, passage_order="ranked"):
+        ranked = tiny_model.read(QUESTION, ctx, mode, raw_tokens=60)
+        rank = [i for i, _ in ranked.ranking]
+        assert len(ranked.passages) > 1 and sorted(ranked.passages) == document.passages  # the same chunks
+        assert ranked.passages != document.passages  # in another order
+        assert [i for i, _ in ranked.passages] == sorted((i for i, _ in ranked.passages), key=rank.index)
+        assert read_texts[-1] == "\n".join(ctx.chunks[i].text.strip() for i, _ in ranked.passages)
+        # Training's chunks taken first are read where their rank puts them, not first.
+        worst = rank[-1]
+        steered = tiny_model.read(QUESTION, ctx, mode, raw_tokens=60, include={worst}, target="x")
+        assert [i for i, _ in steered.passages][-1] == worst != max(i for i, _ in steered.passages)
+    with configured(tiny_model, passage_order="best"), pytest.raises(ConfigError, match="passage_order"):
+        tiny_model.read(QUESTION, ctx, mode)
+    with pytest.raises(ConfigError, match="passage_order"):
+        E2LLMConfig(passage_order="best")
 
 
 def test_soft_tokens_are_needed_by_the_modes_that_read_them(tiny_model):

@@ -188,7 +188,7 @@ class AnswerBatcher:
 
 
 def passages_metadata(answer: Answer, sources: Sequence[str | None] | None = None) -> list[dict]:
-    """The chunks `answer` read as raw text (hybrid and rag modes; none in soft), in document order, each as
+    """The chunks `answer` read as raw text (hybrid and rag modes; none in soft), in the order read, each as
     ``{"document", "source", "start", "end", "score", "text"}``: the index of the text it comes from among those read
     (a node, a Document, a long message), that text's id where the framework gives one (`sources[document]`, a node id;
     else None), the passage's character span in that text, its ranking score for the question (`E2LLM.rank_chunks`, 4
