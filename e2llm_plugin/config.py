@@ -201,8 +201,9 @@ class E2LLMConfig:
     ranking: Ranking = setting("fused", help="how chunks are ranked for a question: fused (BM25 over their words and the "
                                "encoder's cosine similarity, by reciprocal rank fusion) or dense (cosine only)", flag=READING)
     # The order the raw passages are read in. A small decoder reads the first passage best: among fifty files that
-    # each give a project's budget, the right one ranked first but read in document order was answered 1 time in 20.
-    passage_order: PassageOrder = setting("document", help="the order hybrid and rag read their raw passages in: "
+    # each give a project's budget, the right one ranked first but read in document order was answered 4 times in 20
+    # by hybrid, best first 15 (docs/eval/README.md#passage-order); "document" is how checkpoints before it read.
+    passage_order: PassageOrder = setting("ranked", help="the order hybrid and rag read their raw passages in: "
                                           "document (as they stand in the documents) or ranked (best first)",
                                           flag=READING)
     # A decoder trained on contexts of at most ~100 chunks answers from thousands of soft tokens badly (a needle read as

@@ -46,12 +46,13 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
 # ranking became the default, and when round 12 was shipped (only soft's changed): a change that alters how the model
 # reads (prompt, chunking, tokenization, passages) shows up here. With dense ranking the holiday's line was ranked 6th,
 # outside hybrid's passages, and hybrid answered "Independence Day, 18th July (1917)", rag "Independence Day, 6 July
-# (1819)"; fused ranking puts it first.
+# (1819)"; fused ranking puts it first. Reading the passages best first (passage_order="ranked") changed one: the
+# capital was "Helsinki" in document order.
 PINNED = {
     ("soft", "What is the national holiday of Finland?"): "Independence Day, 18 November (1917)",
     ("hybrid", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
     ("rag", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
-    ("hybrid", "What is the capital of Finland?"): "Helsinki",
+    ("hybrid", "What is the capital of Finland?"): "Helsinki (capital)",
     ("hybrid", "Who is the chief of state of Finland?"): "President Sauli NIINISTO (since 1 March 2012)",
 }
 

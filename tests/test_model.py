@@ -51,7 +51,8 @@ def test_answer_reports_what_was_read(tiny_model):
     assert hybrid.passages and hybrid.prompt_tokens > soft.prompt_tokens
     raw_tokens = sum(tiny_model.count_tokens(ctx.chunks[i].text) for i, _ in hybrid.passages)
     assert raw_tokens <= tiny_model.config.hybrid_raw_tokens
-    assert [i for i, _ in hybrid.passages] == sorted(i for i, _ in hybrid.passages)
+    rank = [i for i, _ in hybrid.ranking]
+    assert [i for i, _ in hybrid.passages] == sorted((i for i, _ in hybrid.passages), key=rank.index)  # best first
 
 
 def test_rag_reads_raw_passages_in_hybrids_positions(tiny_model):

@@ -45,7 +45,8 @@ def test_a_reading_names_what_the_decoder_reads(tiny_model, ctx, mode):
         assert sorted(i for i, _ in reading.ranking) == list(range(ctx.num_chunks))
         assert [s for _, s in reading.ranking] == sorted((s for _, s in reading.ranking), reverse=True)
         assert reading.passages and set(reading.passages) <= set(reading.ranking)
-        assert [i for i, _ in reading.passages] == sorted(i for i, _ in reading.passages)  # document order
+        rank = [i for i, _ in reading.ranking]
+        assert [i for i, _ in reading.passages] == sorted((i for i, _ in reading.passages), key=rank.index)  # best first
     else:  # every chunk fits as soft tokens: nothing to rank
         assert reading.ranking is None and reading.passages == []
     assert reading.chunks_read == (len(reading.passages) if not reader.reads_soft else ctx.num_chunks)
@@ -91,7 +92,8 @@ def test_ranked_passages_are_read_best_first(tiny_model, mode, monkeypatch):
         read_texts.append(raw) if raw else None, build(soft, instruction, raw, **kw))[1])
     monkeypatch.setattr(tiny_model.decoder, "text_embeddings", lambda text, **kw: (
         read_texts.append(text) if text else None, embed_text(text, **kw))[1])
-    document = tiny_model.read(QUESTION, ctx, mode, raw_tokens=60)
+    with configured(tiny_model, passage_order="document"):
+        document = tiny_model.read(QUESTION, ctx, mode, raw_tokens=60)
     with configured(tiny_model, passage_order="ranked"):
         ranked = tiny_model.read(QUESTION, ctx, mode, raw_tokens=60)
         rank = [i for i, _ in ranked.ranking]
@@ -107,6 +109,7 @@ def test_ranked_passages_are_read_best_first(tiny_model, mode, monkeypatch):
         tiny_model.read(QUESTION, ctx, mode)
     with pytest.raises(ConfigError, match="passage_order"):
         E2LLMConfig(passage_order="best")
+    assert E2LLMConfig().passage_order == E2LLMConfig.from_dict({}).passage_order == "ranked"  # a config.json without it
 
 
 def test_soft_tokens_are_needed_by_the_modes_that_read_them(tiny_model):
@@ -250,8 +253,8 @@ def facts(k2_model):
 
 
 def _expanded(model, reading, context):
-    """The soft tokens of the chunks the reading reads as raw text, in prompt order."""
-    return context.soft_tokens[[i for i, _ in reading.passages]].flatten(0, 1)
+    """The soft tokens of the chunks the reading reads as raw text, in prompt (document) order."""
+    return context.soft_tokens[sorted(i for i, _ in reading.passages)].flatten(0, 1)
 
 
 def test_replace_hides_exactly_the_expanded_chunks_soft_positions(k2_model, facts):
