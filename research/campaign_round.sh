@@ -2,9 +2,9 @@
 # One training round of the campaign, from a fresh clone to the shipping decision (docs/training-log.md, "How the
 # campaign runs from here"): build the data, mix curriculum, sentence-long-answer and QA lines, fine-tune from the
 # shipped checkpoint, then read the whole benchmark and the descriptive set in two one-thread lanes and compare them
-# with the shipped checkpoint's figures (round 18's), paired.
+# with the shipped checkpoint's figures (round 18's, passages read best first: BASE), paired.
 #
-#   ROUND=20 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
+#   ROUND=21 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
 #
 # Resumable: a step whose output exists is skipped, a fine-tune cut short continues (--resume). Everything lands in
 # runs/ (local to this machine: ship the result, or record it in the training log, before the session ends).
@@ -21,6 +21,7 @@ MIX=${MIX:-450,700,650}       # curriculum, sentence-long-answer and QA lines (b
 STAGES=${STAGES:-32,96,256}   # the curriculum's chunk bounds; MAX_CHUNKS: the longest context trained on
 MAX_CHUNKS=${MAX_CHUNKS:-256}
 RUN=runs/r${ROUND}
+BASE=${BASE:-round18-ranked}  # the shipped checkpoint's figures, read as the default reads (passages best first)
 BENCH="general_speeches general_papers handwritten general_unseen_kind general_docs whole_document factbook_short \
 general_novels general_counterfactual unseen_kinds"
 mkdir -p runs
@@ -77,8 +78,9 @@ read -r -a sets <<< "descriptive $BENCH"
 lane "${sets[@]:0:6}" & lane "${sets[@]:6}" & wait
 
 # 4. Paired against the shipped checkpoint's figures.
-$PY -m research.compare --metric rouge_l docs/eval/round18/descriptive/results.json "runs/eval_r$ROUND/descriptive/results.json"
+$PY -m research.compare --metric rouge_l "docs/eval/$BASE/descriptive/results.json" "runs/eval_r$ROUND/descriptive/results.json"
 mkdir -p "runs/eval_r$ROUND/general"
 for s in $BENCH; do ln -sfn "../$s" "runs/eval_r$ROUND/general/$s"; done
-$PY -m research.compare docs/eval/general/round18 "runs/eval_r$ROUND/general"
+$PY -m research.compare "docs/eval/general/$BASE" "runs/eval_r$ROUND/general"
+$PY -m research.compare docs/eval/general/round18 "runs/eval_r$ROUND/general"   # soft: not read by $BASE when it is round18-ranked
 $PY -m research.compare --methods rag_tuned hybrid "runs/eval_r$ROUND/general"
