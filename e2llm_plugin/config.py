@@ -31,7 +31,7 @@ AdapterKind = Literal["vpma", "mlp"]
 Precision = Literal["auto", "fp32", "bf16"]
 Expansion = Literal["replace", "duplicate"]
 Ranking = Literal["fused", "dense"]
-PassageOrder = Literal["document", "ranked"]
+PassageOrder = Literal["ranked", "document"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 ADAPTERS: tuple[str, ...] = typing.get_args(AdapterKind)
 
@@ -204,7 +204,7 @@ class E2LLMConfig:
     # each give a project's budget, the right one ranked first but read in document order was answered 4 times in 20
     # by hybrid, best first 15 (docs/eval/README.md#passage-order); "document" is how checkpoints before it read.
     passage_order: PassageOrder = setting("ranked", help="the order hybrid and rag read their raw passages in: "
-                                          "document (as they stand in the documents) or ranked (best first)",
+                                          "ranked (best first) or document (as they stand in the documents)",
                                           flag=READING)
     # A decoder trained on contexts of at most ~100 chunks answers from thousands of soft tokens badly (a needle read as
     # raw text among 2,400 chunks is lost); past this many chunks, soft and hybrid read the best ranked, in document order.

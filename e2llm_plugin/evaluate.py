@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override how chunks are ranked for the raw passages: fused (BM25 + cosine) or dense (cosine only; "
                    "default: the checkpoint's)")
     p.add_argument("--passage-order", choices=typing.get_args(PassageOrder), default=None,
-                   help="override the order raw passages are read in: document, or ranked (best first; default: the "
+                   help="override the order raw passages are read in: ranked (best first) or document (default: the "
                    "checkpoint's)")
     p.add_argument("--encoder-precision", choices=typing.get_args(Precision), default=None,
                    help="override the inference encoder's precision (default: the checkpoint's, auto)")

@@ -214,7 +214,7 @@ def fit_passages(model: E2LLM, context: CompressedContext, ranking: Ranking, bud
         if budget - used < 8:
             break
     order = model.config.passage_order
-    if order not in typing.get_args(PassageOrder):  # checked when the config is built; a later assignment here
+    if order not in typing.get_args(PassageOrder):  # a value assigned after the config was checked
         raise ConfigError(f"passage_order must be one of {typing.get_args(PassageOrder)}, got {order!r}")
     if order == "ranked":
         rank = {index: position for position, (index, _) in enumerate(ranking)}

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-soft-chunks", default=None,
                    help="comma-separated max_soft_chunks values, each read in every mode (0: every chunk that fits the "
                    "window; default: the checkpoint's)")
-    p.add_argument("--passage-order", choices=["document", "ranked"], default=None,
+    p.add_argument("--passage-order", choices=["ranked", "document"], default=None,
                    help="the order raw passages are read in (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory for results.json")
