@@ -203,6 +203,9 @@ def fit_passages(model: E2LLM, context: CompressedContext, ranking: Ranking, bud
     """The best chunks of `ranking` whose raw text fits `budget` decoder tokens, in the order they are read (the
     config's `passage_order`: document order, or best first). Training steers it: chunks in `exclude` are never
     chosen, chunks in `include` are taken first (and read where their rank puts them)."""
+    order = model.config.passage_order
+    if order not in typing.get_args(PassageOrder):  # a value assigned after the config was checked
+        raise ConfigError(f"passage_order must be one of {typing.get_args(PassageOrder)}, got {order!r}")
     ranked = [item for item in ranking if item[0] not in exclude]
     ranked.sort(key=lambda item: item[0] not in include)  # stable: ranking order within each group
     chosen, used = [], 0
@@ -213,9 +216,6 @@ def fit_passages(model: E2LLM, context: CompressedContext, ranking: Ranking, bud
             used += cost
         if budget - used < 8:
             break
-    order = model.config.passage_order
-    if order not in typing.get_args(PassageOrder):  # a value assigned after the config was checked
-        raise ConfigError(f"passage_order must be one of {typing.get_args(PassageOrder)}, got {order!r}")
     if order == "ranked":
         rank = {index: position for position, (index, _) in enumerate(ranking)}
         return sorted(chosen, key=lambda item: rank[item[0]])
