@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passage-order", choices=typing.get_args(PassageOrder), default=None,
                    help="override the order raw passages are read in: ranked (best first) or document (default: the "
                    "checkpoint's)")
+    p.add_argument("--max-soft-chunks", type=int, default=None,
+                   help="override the most chunks soft and hybrid read as soft tokens (0: every chunk that fits the window; "
+                   "default: the checkpoint's)")
     p.add_argument("--encoder-precision", choices=typing.get_args(Precision), default=None,
                    help="override the inference encoder's precision (default: the checkpoint's, auto)")
     p.add_argument("--reconstruction", default=None, help="JSONL file whose texts are restated from soft tokens")
@@ -146,7 +149,8 @@ def run(argv: list[str] | None = None) -> dict:
 
     overrides = {k: v for k, v in (("hybrid_raw_tokens", args.hybrid_raw_tokens), ("encoder_precision", args.encoder_precision),
                                    ("hybrid_expansion", args.hybrid_expansion), ("ranking", args.ranking),
-                                   ("passage_order", args.passage_order)) if v is not None}
+                                   ("passage_order", args.passage_order), ("max_soft_chunks", args.max_soft_chunks))
+                 if v is not None}
     model = _load(args.model, args.device, **overrides)
     model.config.generation = model.config.generation.with_overrides(_generation_options(args.generation))
     rag_model = _load(args.rag_model, args.device, **overrides) if "rag_ft" in methods else None

@@ -377,6 +377,18 @@ def test_ranking_is_chosen_per_run(tiny_checkpoint, data_files, tmp_path):
         assert json.loads((tmp_path / ranking / "results.json").read_text())["config"]["ranking"] == ranking
 
 
+def test_soft_chunk_cap_is_chosen_per_run(tiny_checkpoint, data_files, tmp_path):
+    argv = ["--model", str(tiny_checkpoint), "--data", str(data_files[1]), "--methods", "soft", "--max-new-tokens", "2"]
+    read = {}
+    for cap in (1, 0):
+        assert main([*argv, "--out", str(tmp_path / str(cap)), "--max-soft-chunks", str(cap)]) == 0
+        results = json.loads((tmp_path / str(cap) / "results.json").read_text())
+        assert results["config"]["max_soft_chunks"] == cap
+        read[cap] = [e["methods"]["soft"]["tokens_read"] for f in results["files"].values() for e in f["examples"]]
+    assert all(capped < whole for capped, whole in zip(read[1], read[0], strict=True))  # one chunk's soft token, not all
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--max-soft-chunks", "-1"]) != 0
+
+
 @pytest.mark.slow
 def test_shipped_checkpoint_end_to_end(tmp_path):
     from pathlib import Path
