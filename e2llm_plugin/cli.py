@@ -136,7 +136,8 @@ def _partly_read(answer, context) -> str:
     from .reading import reader_for  # torch and the model code load only when a question is asked
 
     reads_soft = reader_for(answer.mode).reads_soft
-    why = ("the documents exceed the decoder's window: those ranked best for the question" if reads_soft else
+    why = ("as soft tokens, those ranked best for the question: the documents exceed max_soft_chunks or the decoder's "
+           "window" if reads_soft else
            "as raw passages, those ranked best for the question")
     return f"; read {answer.chunks_read} of {context.num_chunks} chunks ({why})"
 

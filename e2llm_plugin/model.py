@@ -89,8 +89,8 @@ class Answer:
     mode: str  # "soft", "hybrid", "rag", "chat" or "text"
     prompt_tokens: int  # decoder positions read before the answer (soft + text)
     passages: list[tuple[int, float]] = field(default_factory=list)  # (chunk index, ranking score) read as raw text
-    # Chunks read: all of the context's unless its soft tokens overflow the decoder's window (then the best ranked for
-    # the question); in rag mode, the passages read.
+    # Chunks read as soft tokens: all of the context's unless there are more than max_soft_chunks or they overflow the
+    # decoder's window (then the best ranked for the question); in rag mode, the passages read.
     chunks_read: int = 0
     completion_tokens: int = 0
     text: str = ""
@@ -485,7 +485,7 @@ class E2LLM(
                                 raw_tokens=options.raw_tokens)
         result = Answer(context=context, mode=reading.mode, prompt_tokens=reading.prompt.num_tokens,
                         passages=reading.passages, chunks_read=reading.chunks_read, ranking=reading.ranking)
-        return self._start(result, reading.prompt, options, self._prefixes(context, reading.chunks_read))
+        return self._start(result, reading.prompt, options, self._prefixes(context, reading.prefix_chunks))
 
     def answer_many(self, questions: Sequence[str], documents=None, context: CompressedContext | None = None,
                     mode: Mode | None = None, max_new_tokens: int | None = None, stop: list[str] | None = None,
@@ -509,7 +509,7 @@ class E2LLM(
         with torch.inference_mode():
             readings = [self.read(q, context, options.mode, max_new_tokens=options.max_new_tokens, history=history,
                                   raw_tokens=options.raw_tokens) for q in questions]
-        prefixes = self._prefixes(context, min(reading.chunks_read for reading in readings))
+        prefixes = self._prefixes(context, min(reading.prefix_chunks for reading in readings))
         decoding = _Decoding(lambda: self.decoder.generate_texts(
             [reading.prompt for reading in readings], options.max_new_tokens, list(options.stop), prefixes, options.generation))
         answers = []
@@ -520,10 +520,10 @@ class E2LLM(
             answers.append(result)
         return answers
 
-    def _prefixes(self, context: CompressedContext, chunks_read: int) -> PrefixCache | _StoredPrefixes:
+    def _prefixes(self, context: CompressedContext, prefix_chunks: int) -> PrefixCache | _StoredPrefixes:
         """Where answers over `context` find and keep their prompt prefix's KV cache: the context's own caches, backed by
         the store when the prefix holds every chunk (one of chunks chosen for a question would only fill the store)."""
-        if self.store is None or chunks_read < context.num_chunks:
+        if self.store is None or prefix_chunks < context.num_chunks:
             return context.prefix_cache
         return _StoredPrefixes(self, context.prefix_cache)
 

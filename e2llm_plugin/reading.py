@@ -6,8 +6,9 @@ caller goes through it: answering (`E2LLM.read`, `E2LLM.answer`), the training l
 teacher included), the training data's size estimate (`training.data.decoder_positions`), the evaluation and the
 bench. A new mode is one reader class and one line in `READERS`.
 
-- ``soft``: every chunk as its soft tokens (the paper); if they overflow the decoder's window, the chunks ranked best
-  for the question that fit.
+- ``soft``: every chunk as its soft tokens (the paper); past `max_soft_chunks`, the chunks ranked best for the
+  question, the others' soft tokens kept in the cacheable prefix and hidden from the question (as hybrid's expanded
+  ones below); past the decoder's window, only the best ranked that fit.
 - ``hybrid``: the same, plus the raw text of the best-ranked chunks within a token budget, after the soft tokens.
   A chunk read as raw text is read once (`hybrid_expansion="replace"`, REFRAG's expansion): its soft tokens stay in
   the cacheable [template · soft tokens] prefix, computed as they are, and are hidden from every position after it
@@ -50,6 +51,7 @@ class Reading:
     passages: Ranking  # (chunk index, score) read as raw text, in the order read (the config's passage_order)
     chunks_read: int  # chunks read as soft tokens (rag: passages read)
     ranking: Ranking | None  # every chunk, best first; None where the reading ranked none (soft, all fit)
+    prefix_chunks: int = 0  # chunks whose soft tokens the prompt holds, read or hidden (all: one prefix for every question)
 
 
 class Reader:
@@ -90,42 +92,49 @@ class SoftReader(Reader):
         instruction = ANSWER_INSTRUCTION.format(question=question)
         passages = self.passages(model, context, ranking, raw_tokens, exclude, include)
         raw = "\n".join(context.chunks[i].text.strip() for i, _ in passages) or None
-        read = self._chunks_that_fit(model, context, ranking, instruction, raw, max_new_tokens, history,
-                                     training=target is not None)
+        read, unread = self._chunks_that_fit(model, context, ranking, instruction, raw, max_new_tokens, history,
+                                             training=target is not None)
         soft = (context.soft_tokens if len(read) == context.num_chunks else context.soft_tokens[read]).flatten(0, 1)
-        hidden = self.hidden_rows(model, passages, read, context.soft_tokens.shape[1])
+        k = context.soft_tokens.shape[1]
+        hidden = unread | self.expanded(model, passages)
+        rows = [row * k + j for row, chunk in enumerate(read) if chunk in hidden for j in range(k)]
         prompt = model.decoder.build_prompt(soft, instruction, raw, target=target, max_new_tokens=max_new_tokens,
-                                            history=history, cacheable=target is None, hidden=hidden)
+                                            history=history, cacheable=target is None, hidden=rows)
         ranked = ranking() if ranking.cache_info().currsize else None
-        return Reading(self.mode, prompt, passages, len(read), ranked)
+        return Reading(self.mode, prompt, passages, len(read) - len(unread), ranked, prefix_chunks=len(read))
 
-    def hidden_rows(self, model: E2LLM, passages: Ranking, read: list[int], k: int) -> list[int]:
-        """Rows of the soft tokens read (`read`'s chunks, k rows each) that the question and the answer do not see:
-        none."""
-        return []
+    def expanded(self, model: E2LLM, passages: Ranking) -> set[int]:
+        """The chunks whose soft tokens the question and the answer do not see because they read their raw text: none."""
+        return set()
 
     @staticmethod
     def _chunks_that_fit(model: E2LLM, context: CompressedContext, ranking: Callable[[], Ranking], instruction: str,
-                         raw: str | None, max_new_tokens: int, history: list[dict] | None, training: bool) -> list[int]:
-        """Every chunk, if their soft tokens fit the decoder's window beside the rest of the prompt and there are no more
-        than `max_soft_chunks`; else the chunks ranked best for the question that fit (at most `max_soft_chunks`), in
-        document order (a document of any length can be asked; `chunks_read` says how many were read). Training reads
-        whole contexts or none: there, a context that does not fit is an error."""
+                         raw: str | None, max_new_tokens: int, history: list[dict] | None,
+                         training: bool) -> tuple[list[int], set[int]]:
+        """(the chunks whose soft tokens the prompt holds, those of them the question does not read).
+
+        The question reads the soft tokens of at most `max_soft_chunks` chunks: all of them if there are no more, else
+        those ranked best for it. While every chunk fits the decoder's window beside the rest of the prompt, the prompt
+        holds them all and hides the ones it does not read (as hybrid hides what it reads as raw text), so every question
+        over the context shares one cacheable prefix. Past the window, it holds only the best ranked that fit (at most
+        `max_soft_chunks`), in document order: a document of any length can be asked, and `chunks_read` says how many
+        chunks were read. Training reads as answering does, but a context past the window is an error there, not cut."""
         n, k = context.soft_tokens.shape[:2]
         frame = model.decoder.build_prompt(context.soft_tokens[:0].flatten(0, 1), instruction, raw, history=history).num_tokens
         room = (model.context_window - frame - max_new_tokens) // k
         cap = model.config.max_soft_chunks or n
-        if training or n <= min(room, cap):
-            return list(range(n))  # build_prompt refuses what does not fit
+        if n <= room or training:  # build_prompt refuses a training context that does not fit
+            unread = set() if n <= cap else set(range(n)) - {i for i, _ in ranking()[:cap]}
+            return list(range(n)), unread
         if room < 1:
             raise ContextOverflowError(
                 f"the question, chat history and raw passages take {frame} of the decoder's {model.context_window} "
                 f"positions (+{max_new_tokens} to generate), leaving none for the document; shorten them or lower max_new_tokens"
             )
-        why = "exceed max_soft_chunks" if cap < room else "overflow the decoder's window"
         room = min(room, cap)
-        logger.info("the context's %d chunks %s: reading the %d ranked best for the question", n, why, room)
-        return sorted(i for i, _ in ranking()[:room])
+        logger.info("the context's %d chunks overflow the decoder's window: reading the %d ranked best for the question",
+                    n, room)
+        return sorted(i for i, _ in ranking()[:room]), set()
 
 
 class HybridReader(SoftReader):
@@ -137,17 +146,14 @@ class HybridReader(SoftReader):
         budget = model.config.hybrid_raw_tokens if raw_tokens is None else raw_tokens
         return fit_passages(model, context, ranking(), budget, exclude, include) if budget > 0 else []
 
-    def hidden_rows(self, model, passages, read, k) -> list[int]:
-        """With `hybrid_expansion="replace"`, the soft tokens of the chunks read as raw passages: each chunk is read
-        once, its raw text in place of its soft tokens. Their positions stay in the cacheable prefix (computed as they
-        are, so one prefix serves every question) and are hidden from everything after it."""
+    def expanded(self, model, passages) -> set[int]:
+        """With `hybrid_expansion="replace"`, the chunks read as raw passages: each chunk is read once, its raw text in
+        place of its soft tokens. Their positions stay in the cacheable prefix (computed as they are, so one prefix
+        serves every question) and are hidden from everything after it."""
         expansion = model.config.hybrid_expansion
         if expansion not in typing.get_args(Expansion):
             raise ConfigError(f"hybrid_expansion must be one of {typing.get_args(Expansion)}, got {expansion!r}")
-        if expansion == "duplicate":
-            return []
-        expanded = {i for i, _ in passages}
-        return [row * k + j for row, chunk in enumerate(read) if chunk in expanded for j in range(k)]
+        return set() if expansion == "duplicate" else {i for i, _ in passages}
 
     def positions(self, model, num_chunks) -> int:
         raw = model.config.hybrid_raw_tokens

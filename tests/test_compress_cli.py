@@ -185,7 +185,7 @@ def test_ask_says_how_many_chunks_it_read_of_a_document_longer_than_the_window(t
     err = capsys.readouterr().err
     chunks = int(err.split(" chunks -> ")[0].rsplit(" ", 1)[1])
     read = int(err.split("; read ")[1].split(" of ")[0])
-    assert f"; read {read} of {chunks} chunks (the documents exceed the decoder's window" in err
+    assert f"; read {read} of {chunks} chunks (as soft tokens, those ranked best for the question" in err
     assert 0 < read < chunks
     short = tmp_path / "short.txt"
     short.write_text(LOREM)

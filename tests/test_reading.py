@@ -64,22 +64,39 @@ def test_soft_reading_ranks_only_when_the_chunks_overflow(tiny_model):
 
 
 @pytest.mark.parametrize("mode", ["soft", "hybrid"])
-def test_max_soft_chunks_reads_the_best_ranked_chunks_in_document_order(tiny_model, ctx, mode):
+def test_max_soft_chunks_hides_all_but_the_best_ranked_in_one_shared_prefix(tiny_model, ctx, mode):
     whole = tiny_model.read(QUESTION, ctx, mode)
-    assert whole.chunks_read == ctx.num_chunks > 2
+    assert whole.chunks_read == whole.prefix_chunks == ctx.num_chunks > 2
     with configured(tiny_model, max_soft_chunks=2):
         capped = tiny_model.read(QUESTION, ctx, mode)
-        best = sorted(i for i, _ in capped.ranking[:2])
-        assert capped.chunks_read == 2
-        soft = ctx.soft_tokens[best].flatten(0, 1)
-        rows = capped.prompt.embeds[0, : capped.prompt.prefix_tokens]
-        start = next(i for i in range(len(rows)) if torch.equal(rows[i], soft[0]))
-        torch.testing.assert_close(rows[start : start + len(soft)], soft, rtol=0, atol=0)
+        other = tiny_model.read("Which river runs through the city?", ctx, mode)
+        best = {i for i, _ in capped.ranking[:2]}
+        assert capped.chunks_read == 2 and capped.prefix_chunks == ctx.num_chunks
+        # Every chunk's soft tokens stay in the prefix, computed as they are: one prefix for every question.
+        n = capped.prompt.prefix_tokens
+        assert n == other.prompt.prefix_tokens
+        torch.testing.assert_close(capped.prompt.embeds[0, :n], other.prompt.embeds[0, :n], rtol=0, atol=0)
+        # The question sees the soft tokens of its best two only (hybrid: not those it reads as raw text either).
+        expanded = {i for i, _ in capped.passages}
+        hidden = [i for i in range(ctx.num_chunks) if i not in best or i in expanded]
+        start = n - ctx.num_chunks * ctx.soft_tokens.shape[1]  # the soft tokens end the prefix (`hidden` below)
+        assert capped.prompt.hidden_prefix_positions == tuple(start + i for i in hidden)
+        torch.testing.assert_close(capped.prompt.embeds[0, list(capped.prompt.hidden_prefix_positions)],
+                                   ctx.soft_tokens[hidden].flatten(0, 1), rtol=0, atol=0)
         assert capped.passages == whole.passages  # the raw passages do not depend on the cap
-        training = tiny_model.read(QUESTION, ctx, mode, target="an answer")  # training reads whole contexts
-        assert training.prompt.num_tokens > capped.prompt.num_tokens
+        training = tiny_model.read(QUESTION, ctx, mode, target="an answer")  # training reads as answering does
+        assert training.chunks_read == 2
+        assert training.prompt.hidden_prefix_positions == capped.prompt.hidden_prefix_positions
     with configured(tiny_model, max_soft_chunks=ctx.num_chunks):
-        assert tiny_model.read(QUESTION, ctx, mode).prompt.num_tokens == whole.prompt.num_tokens
+        assert tiny_model.read(QUESTION, ctx, mode).prompt.hidden_prefix_positions == \
+            whole.prompt.hidden_prefix_positions
+
+
+def test_a_capped_context_past_the_window_holds_only_the_best_ranked(tiny_model):
+    long = tiny_model.compress(["word " * 30000])
+    with configured(tiny_model, max_soft_chunks=3):
+        reading = tiny_model.read(QUESTION, long, "soft", max_new_tokens=2)
+    assert reading.chunks_read == reading.prefix_chunks == 3 and reading.prompt.hidden_prefix_positions == ()
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "rag"])
