@@ -206,12 +206,13 @@ class E2LLMConfig:
     passage_order: PassageOrder = setting("ranked", help="the order hybrid and rag read their raw passages in: "
                                           "ranked (best first) or document (as they stand in the documents)",
                                           flag=READING)
-    # A decoder trained on contexts of at most ~100 chunks answers from thousands of soft tokens badly (a needle read as
-    # raw text among 2,400 chunks is lost); past this many chunks, soft and hybrid read the best ranked, in document order.
-    # 256 is above every context the benchmark holds (so its figures stand) and finds more needles (docs/eval/long-context).
-    max_soft_chunks: int = setting(256, help="most chunks read as soft tokens (past it, the ones ranked best for the "
-                                   "question, in document order); 0: every chunk that fits the window", flag=READING,
-                                   low=0, high=10_000_000)
+    # A decoder trained on contexts of at most a few hundred chunks answers from thousands of soft tokens badly (a needle
+    # read as raw text among 2,400 chunks is lost); past this many chunks, a question reads the best ranked and the rest
+    # are hidden from it (`reading.SoftReader`). 256 is above every context the benchmark holds (so its figures stand);
+    # with the rest hidden, 64 finds no more needles (docs/eval/long-context).
+    max_soft_chunks: int = setting(256, help="most chunks a question reads as soft tokens (past it, the ones ranked best "
+                                   "for it; the others are hidden from it); 0: every chunk that fits the window",
+                                   flag=READING, low=0, high=10_000_000)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
     generation: GenerationConfig = setting(factory=GenerationConfig, help="how answers are decoded (greedy by default)")
     encoder_batch_size: int = setting(32, help="chunks encoded per forward pass", low=1, high=65536)
