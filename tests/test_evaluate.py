@@ -384,8 +384,8 @@ def test_soft_chunk_cap_is_chosen_per_run(tiny_checkpoint, data_files, tmp_path)
         assert main([*argv, "--out", str(tmp_path / str(cap)), "--max-soft-chunks", str(cap)]) == 0
         results = json.loads((tmp_path / str(cap) / "results.json").read_text())
         assert results["config"]["max_soft_chunks"] == cap
-        read[cap] = [e["methods"]["soft"]["tokens_read"] for f in results["files"].values() for e in f["examples"]]
-    assert all(capped < whole for capped, whole in zip(read[1], read[0], strict=True))  # one chunk's soft token, not all
+        read[cap] = [e["methods"]["soft"]["chunks_read"] for f in results["files"].values() for e in f["examples"]]
+    assert all(capped == 1 < whole for capped, whole in zip(read[1], read[0], strict=True))  # one chunk, not all
     assert main([*argv, "--out", str(tmp_path / "bad"), "--max-soft-chunks", "-1"]) != 0
 
 

@@ -106,7 +106,8 @@ class Outcome:
     prediction: str | None = None  # None: not applicable (see note)
     ttft_s: float | None = None
     total_s: float | None = None
-    tokens_read: int | None = None
+    tokens_read: int | None = None  # decoder positions before the answer (hidden ones included)
+    chunks_read: int | None = None  # chunks read as soft tokens (rag: passages read; `Answer.chunks_read`)
     peak_mb: float | None = None
     em: float | None = None
     f1: float | None = None
@@ -162,7 +163,7 @@ class Evaluator:
             with PeakMemory(self.model.device) as memory, self.decoder_for(method):
                 start = time.perf_counter()
                 answer = build()
-                outcome.tokens_read = answer.prompt_tokens
+                outcome.tokens_read, outcome.chunks_read = answer.prompt_tokens, answer.chunks_read
                 self._consume(answer, start, outcome)
         except _NotApplicable as why:
             return Outcome(note=str(why))
