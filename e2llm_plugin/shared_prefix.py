@@ -1,4 +1,5 @@
-"""Shared-prefix attention: answers decoded together read their common prompt prefix's KV cache as it is, never a copy.
+"""Shared-prefix attention: answers decoded together read their common prompt prefix's KV cache once, never a copy per
+row, and only the positions some row reads (a long document's unread chunks are left out of the products).
 
 transformers keeps a batch's KV cache per row, so rows that share a prefix (questions over one context) would each hold
 a copy of it, and every decoding step would concatenate the whole cache again. Here (as Hydragen, arXiv 2402.05099,
@@ -84,7 +85,15 @@ class SharedPrefixCache:
         self.capacity = capacity
         self.unpadded = unpadded
         self.prefix_bias = None
-        if prefix_visible is not None:
+        if prefix_visible is not None and self.prefix:
+            # Positions no row reads are left out of the products (a long document's unread chunks are most of its
+            # prefix): one copy of the positions some row reads, attended as the whole prefix would be.
+            read = prefix_visible.any(dim=0)
+            if not read.all():
+                index = read.nonzero().squeeze(1)
+                self.prefix = [(keys.index_select(2, index), values.index_select(2, index)) for keys, values in self.prefix]
+                prefix_visible = prefix_visible[:, index]
+        if prefix_visible is not None and self.prefix and not prefix_visible.all():
             dtype = self.prefix[0][0].dtype
             self.prefix_bias = torch.zeros(prefix_visible.shape, dtype=dtype, device=prefix_visible.device).masked_fill(
                 ~prefix_visible, torch.finfo(dtype).min)
