@@ -86,13 +86,7 @@ class SharedPrefixCache:
         self.unpadded = unpadded
         self.prefix_bias = None
         if prefix_visible is not None and self.prefix:
-            # Positions no row reads are left out of the products (a long document's unread chunks are most of its
-            # prefix): one copy of the positions some row reads, attended as the whole prefix would be.
-            read = prefix_visible.any(dim=0)
-            if not read.all():
-                index = read.nonzero().squeeze(1)
-                self.prefix = [(keys.index_select(2, index), values.index_select(2, index)) for keys, values in self.prefix]
-                prefix_visible = prefix_visible[:, index]
+            self.prefix, prefix_visible = self.leave_out_unread(self.prefix, prefix_visible)
         if prefix_visible is not None and self.prefix and not prefix_visible.all():
             dtype = self.prefix[0][0].dtype
             self.prefix_bias = torch.zeros(prefix_visible.shape, dtype=dtype, device=prefix_visible.device).masked_fill(
@@ -100,6 +94,17 @@ class SharedPrefixCache:
         self._keys: dict[int, torch.Tensor] = {}
         self._values: dict[int, torch.Tensor] = {}
         self._length: dict[int, int] = {}
+
+    @staticmethod
+    def leave_out_unread(prefix: list, prefix_visible: torch.Tensor) -> tuple[list, torch.Tensor]:
+        """The prefix's (keys, values) per layer, and the rows' visibility, without the positions no row reads (a long
+        document's unread chunks are most of its prefix): one copy of the others, attended as the whole would be."""
+        read = prefix_visible.any(dim=0)
+        if read.all():
+            return prefix, prefix_visible
+        index = read.nonzero().squeeze(1)
+        return [(keys.index_select(2, index), values.index_select(2, index)) for keys, values in prefix], \
+            prefix_visible[:, index]
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer: int, *args, **kwargs):
         """Write the rows' new keys and values (rows, kv heads, new, head dim) after their own; return all their own."""
