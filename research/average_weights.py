@@ -16,7 +16,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(p) for p in args.checkpoints if not (p / WEIGHTS).is_file() or not (p / "config.json").is_file()]
     if missing:
         parser.error(f"not checkpoint directories (config.json and {WEIGHTS}): {', '.join(missing)}")
-    with torch.no_grad():
-        average(args.checkpoints, weights, args.out)
+    average(args.checkpoints, weights, args.out)
 
 
 if __name__ == "__main__":
