@@ -6,6 +6,8 @@
 #
 #   ROUND=22s SEED=22 MINUTES=60 bash research/short_round.sh     # after campaign_round.sh's step 1 built its inputs
 #   ROUND=23s SEED=23 EXTRA_FACTBOOK=800 DESCRIBED=1000 THREADS=2 bash research/short_round.sh   # more Factbook, longer answers
+#   ROUND=27s SEED=27 FRESH=runs/fresh_lines.jsonl FROM=runs/r24 THREADS=2 bash research/short_round.sh   # general QA
+#     from documents v2 never read (python -m research.fresh_lines), the Factbook's share of the sample as before
 #
 # Resumable like the campaign. The whole benchmark afterwards: ROUND=22s SEED=22 bash research/campaign_round.sh
 # (its data and training steps are skipped once runs/r$ROUND.jsonl and the weights exist).
@@ -22,18 +24,29 @@ RUN=runs/r$ROUND
 BASE=${BASE:-round24}
 DESCRIBED=${DESCRIBED:-600}      # sentence-long answers in the mix
 EXTRA_FACTBOOK=${EXTRA_FACTBOOK:-0}   # Factbook QA lines added beyond those the QA sample holds (22s: 0)
-[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" <<'PY'
+FRESH=${FRESH:-}                 # general-prose QA lines to draw from instead of round 9's (their Factbook share kept)
+[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" <<'PY'
 import json, random, sys
 out, rng = sys.argv[1], random.Random(int(sys.argv[2]))
-described_n, extra_factbook = int(sys.argv[3]), int(sys.argv[4])
+described_n, extra_factbook, fresh_path = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 def chars(line):  # about 450 characters a chunk: keep contexts of at most ~24 chunks
     context = json.loads(line).get("context") or ""
     return len(context if isinstance(context, str) else " ".join(context))
-qa = [line for line in open("runs/r9_train.jsonl") if line.strip() and chars(line) // 450 <= 24]
+def short(path):
+    return [line for line in open(path) if line.strip() and chars(line) // 450 <= 24]
+def is_factbook(line):
+    return json.loads(line).get("source") == "factbook"
+qa = short("runs/r9_train.jsonl")
 described = [line for line in open("runs/train_descriptive.jsonl") if line.strip()]
-lines = rng.sample(qa, min(4000, len(qa))) + rng.sample(described, min(described_n, len(described)))
+if fresh_path:  # the Factbook lines round 9's sample would hold, the rest from the fresh documents
+    factbook, fresh = [line for line in qa if is_factbook(line)], short(fresh_path)
+    n_factbook = round(min(4000, len(qa)) * len(factbook) / len(qa))
+    sample = rng.sample(factbook, n_factbook) + rng.sample(fresh, min(4000 - n_factbook, len(fresh)))
+else:
+    sample = rng.sample(qa, min(4000, len(qa)))
+lines = sample + rng.sample(described, min(described_n, len(described)))
 chosen = set(lines)
-factbook = [line for line in qa if line not in chosen and json.loads(line).get("source") == "factbook"]
+factbook = [line for line in qa if line not in chosen and is_factbook(line)]
 lines += rng.sample(factbook, min(extra_factbook, len(factbook)))
 rng.shuffle(lines)
 open(out, "w").writelines(lines)

