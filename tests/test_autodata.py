@@ -269,3 +269,11 @@ def test_sentence_answers_are_capped_to_their_share_of_the_questions(kinds, shar
     else:
         assert kept == lines
     assert kept == tasks.cap_sentence_answers(lines, share, random.Random(seed))
+
+
+def test_counterfactual_copies_are_a_share_of_the_distinct_questions(nlp):
+    docs = sorted(DOCUMENTS.items())
+    lines = tasks.build_lines(docs, seed=0, recipe=tasks.Recipe(entity_per_1000=200, counterfactual_share=0.2))
+    asked = [line for line in lines if line["task"] in ("entity_qa", "entity_qa_other_sentence")]
+    copies = [line for line in lines if line["task"].endswith("_counterfactual")]
+    assert asked and len(copies) <= round(0.2 * len(asked)) + len(DOCUMENTS), (len(copies), len(asked))

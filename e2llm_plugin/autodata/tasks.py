@@ -403,6 +403,12 @@ def _excerpt_lines(ex: Excerpt, excerpts: list[Excerpt], pool, technical: set[st
     made = restate_windows(ex, rng, *recipe.restate_words)
     qa = repeat(lambda r: entity_qa(ex, r), _quota(recipe.entity_per_1000, words, rng), rng)
     qa += repeat(lambda r: entity_qa(ex, r, terms=True), _quota(recipe.term_per_1000, words, rng), rng)
+    # An excerpt has few askable sentences, so draws repeat questions (later dropped as duplicates): the copies are a
+    # share of the distinct questions, else they outnumber them (43 % of the lines over 600k words of prose).
+    distinct: dict[tuple, dict] = {}
+    for e in qa:
+        distinct.setdefault((e["task"], e["prompt"], e["answer"]), e)
+    qa = list(distinct.values())
     made += qa + counterfactuals(qa, pool, recipe.counterfactual_share, rng, technical)
     made += repeat(lambda r: descriptive(ex, r), _quota(recipe.describe_per_1000, words, rng), rng)
     made += repeat(lambda r: section_lead(ex, r), _quota(recipe.section_per_1000, words, rng), rng)
