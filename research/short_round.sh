@@ -6,7 +6,7 @@
 #
 #   ROUND=22s SEED=22 MINUTES=60 bash research/short_round.sh     # after campaign_round.sh's step 1 built its inputs
 #   ROUND=23s SEED=23 EXTRA_FACTBOOK=800 DESCRIBED=1000 THREADS=2 bash research/short_round.sh   # more Factbook, longer answers
-#   ROUND=27s SEED=27 FRESH=runs/fresh_lines.jsonl FROM=runs/r24 THREADS=2 bash research/short_round.sh   # general QA
+#   ROUND=27s SEED=27 FRESH=runs/fresh_lines.jsonl THREADS=2 MINUTES=45 bash research/short_round.sh   # general QA
 #     from documents v2 never read (python -m research.fresh_lines), the Factbook's share of the sample as before
 #
 # Resumable like the campaign. The whole benchmark afterwards: ROUND=22s SEED=22 bash research/campaign_round.sh
