@@ -3,6 +3,7 @@ fixed sentences parsed by the real spaCy pipeline (the `auto` extra; skipped whe
 
 import random
 import sys
+from collections import Counter
 
 import pytest
 from hypothesis import given
@@ -269,6 +270,24 @@ def test_sentence_answers_are_capped_to_their_share_of_the_questions(kinds, shar
     else:
         assert kept == lines
     assert kept == tasks.cap_sentence_answers(lines, share, random.Random(seed))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["entity_qa", "describe", "whole_document_count", "restate"]),
+                          st.sampled_from(["Argument Clinic", "argument clinic ", "two", "Python", "CBC"])), max_size=80),
+       st.floats(0, 1), st.integers(0, 3))
+def test_one_answer_is_capped_to_its_share_of_the_questions(made, share, seed):
+    lines = [{"text": f"t{i}", "task": k} if k == "restate" else {"prompt": f"q{i}", "answer": a, "task": k}
+             for i, (k, a) in enumerate(made)]
+    kept = tasks.cap_same_answers(lines, share, random.Random(seed))
+    positions = [lines.index(line) for line in kept]
+    assert positions == sorted(positions)  # a subset of the lines, in their order
+    assert [line for line in kept if "answer" not in line or line["task"] in tasks.SENTENCE_TASKS] == \
+        [line for line in lines if "answer" not in line or line["task"] in tasks.SENTENCE_TASKS]  # only short answers go
+    most = max(tasks.SAME_ANSWER_FLOOR, int(share * sum("answer" in line and line["task"] != "describe" for line in lines)))
+    counts = Counter(line["answer"].strip().lower() for line in kept if "answer" in line and line["task"] != "describe")
+    before = Counter(line["answer"].strip().lower() for line in lines if "answer" in line and line["task"] != "describe")
+    assert all(counts[a] == min(n, most) for a, n in before.items())  # capped, and never below the cap
+    assert kept == tasks.cap_same_answers(lines, share, random.Random(seed))
 
 
 def test_counterfactual_copies_are_a_share_of_the_distinct_questions(nlp):
