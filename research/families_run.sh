@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measured domain adaptation on two document families held out of all training (research/families.py):
 # for each family, fine-tune the shipped checkpoint on the family's train documents alone (`finetune --documents`,
-# at most 60 CPU-minutes: one thread, 300 steps, about 40 minutes here), then read the family's held-out questions before and after, and the
+# at most 60 CPU-minutes: one thread, up to 300 steps in the 60-minute budget, 285-290 in the last run), then read the family's held-out questions before and after, and the
 # general sets and the Factbook after (their "before" is the shipped checkpoint's benchmark:
 # docs/eval/general/$BEFORE/<set>/results.json, hybrid column).
 #
@@ -9,7 +9,7 @@
 #   TAG=_terms FAMILIES=gnu bash research/families_run.sh    # another run beside the first: runs/dom_gnu_terms, ...
 #
 # Resumable: a step whose output is complete is skipped, a fine-tune cut short is continued (--resume).
-# CPU, one torch thread per process, as the benchmark was measured: about 40 min of training and 25 min of evaluation.
+# CPU, one torch thread per process, as the benchmark was measured: about 60 min of training and 25 min of evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -338,7 +338,8 @@ class Recipe:
     ``same_answer_share``: the most that the lines giving one answer may be of the short-answer question lines (at least
     ``SAME_ANSWER_FLOOR`` of them). A document that names its subject on every page makes it the answer of many
     questions; trained on them, the model answers it to questions about other documents (the Python docs: 29 of 225
-    question lines answered "Argument Clinic", a train page, and after fine-tuning 5 of 52 held-out questions got it).
+    question lines answered "Argument Clinic", a train page; a model fine-tuned on them gave it to 5 of 52 held-out
+    questions, and none with the cap: docs/eval/families).
     """
 
     entity_per_1000: float = 20.0
