@@ -2,8 +2,8 @@
 # Measured domain adaptation on two document families held out of all training (research/families.py):
 # for each family, fine-tune the shipped checkpoint on the family's train documents alone (`finetune --documents`,
 # at most 60 CPU-minutes: one thread, up to 300 steps in the 60-minute budget, 285-290 in the last run), then read the
-# family's held-out questions before and after, and the general sets and the Factbook after (their "before" is the shipped checkpoint's benchmark:
-# docs/eval/general/$BEFORE/<set>/results.json, hybrid column).
+# family's held-out questions before and after, and the general sets and the Factbook after (their "before" is the
+# shipped checkpoint's benchmark: docs/eval/general/$BEFORE/<set>/results.json, hybrid column).
 #
 #   bash research/families_run.sh            # both families side by side, one core each; FAMILIES="gnu" for one
 #   TAG=_terms FAMILIES=gnu bash research/families_run.sh    # another run beside the first: runs/dom_gnu_terms, ...
