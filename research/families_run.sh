@@ -7,6 +7,9 @@
 #
 #   bash research/families_run.sh            # both families side by side, one core each; FAMILIES="gnu" for one
 #   TAG=_terms FAMILIES=gnu bash research/families_run.sh    # another run beside the first: runs/dom_gnu_terms, ...
+#   TAG=_replay REPLAY=runs/replay_200.jsonl bash research/families_run.sh   # general lines mixed in (--data), from
+#     python -m research.subset data/v2/train.jsonl --tasks <round 9's, as in research/short_round.sh> \
+#       --replay-factbook 0.5 --seed 24 --at-most 200 --out runs/replay_200.jsonl
 #
 # Resumable: a step whose output is complete is skipped, a fine-tune cut short is continued (--resume).
 # CPU, one torch thread per process, as the benchmark was measured: about 60 min of training and 25 min of evaluation.
@@ -20,6 +23,7 @@ MINUTES=${MINUTES:-60}
 STEPS=${STEPS:-300}           # batches of 4, 8-12 s each at one thread: inside the hour, so the cosine decays over them
 FAMILIES=${FAMILIES:-"gnu pydocs"}
 TAG=${TAG:-}                  # suffix of this run's folders (the "before" evaluation is shared)
+REPLAY=${REPLAY:-}            # a JSONL of general lines trained beside the family's documents (--data), or none
 # The benchmark's general sets (as in docs/eval/README.md) and the Factbook; each family leaves out the set made of
 # its own documents (GNU manuals: general_unseen_kind; Python docs: general_docs).
 GENERAL="handwritten whole_document general_unseen_kind general_speeches general_docs general_novels general_papers \
@@ -40,9 +44,10 @@ evaluate() {  # evaluate MODEL DATA OUT QUESTIONS: skipped when OUT holds a fini
 train() {  # train FAMILY: from the shipped checkpoint on the family's train documents only
   local run=runs/dom_$1$TAG
   if [ -f "$run/config.json" ]; then echo "skip: $run is trained"; return; fi
-  local resume=()
+  local resume=() replay=()
   if [ -f "$run/run.json" ]; then resume=(--resume); fi
-  $PY -m e2llm_plugin.finetune --documents "data/families/$1/train" --output "$run" "${resume[@]}" \
+  if [ -n "$REPLAY" ]; then replay=(--data "$REPLAY"); fi
+  $PY -m e2llm_plugin.finetune --documents "data/families/$1/train" "${replay[@]}" --output "$run" "${resume[@]}" \
     --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 --answer-out-ratio 0.3 --understanding-ratio 0.1 \
     --batch-size 4 --max-steps "$STEPS" --lr 2e-4 --warmup-steps 5 --time-budget "$MINUTES" --save-every 10 --eval-every 100000 \
     --eval-examples 24 --seed 8 > "$run.log" 2>&1

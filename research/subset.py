@@ -5,7 +5,8 @@
 
 Keeps the records whose `task` is listed and whose `source` is not the Factbook, then adds Factbook QA records (not
 restate ones) to `--replay-factbook` times their number, shuffled with `--seed`: a mix that trains one skill while
-the in-domain one is rehearsed.
+the in-domain one is rehearsed. `--at-most N` keeps a seeded draw of N of them (general lines replayed beside another
+fine-tune: `research/families_run.sh`'s `REPLAY=`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import random
 from pathlib import Path
 
 
-def subset(lines: list[str], tasks: set[str], replay_factbook: float, seed: int) -> list[str]:
+def subset(lines: list[str], tasks: set[str], replay_factbook: float, seed: int, at_most: int | None = None) -> list[str]:
     chosen, factbook = [], []
     for line in lines:
         record = json.loads(line)
@@ -29,7 +30,7 @@ def subset(lines: list[str], tasks: set[str], replay_factbook: float, seed: int)
     rng.shuffle(factbook)
     mix = chosen + factbook[: round(len(chosen) * replay_factbook)]
     rng.shuffle(mix)
-    return mix
+    return mix[:at_most]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", required=True, help="comma-separated `task` values to keep")
     p.add_argument("--replay-factbook", type=float, default=0.0, help="Factbook QA records per kept record")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--at-most", type=int, default=None, help="keep a seeded draw of at most this many records")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     lines = Path(args.data).read_text(encoding="utf-8").splitlines(keepends=True)
-    mix = subset(lines, {t.strip() for t in args.tasks.split(",") if t.strip()}, args.replay_factbook, args.seed)
+    mix = subset(lines, {t.strip() for t in args.tasks.split(",") if t.strip()}, args.replay_factbook, args.seed,
+                 args.at_most)
     Path(args.out).write_text("".join(mix), encoding="utf-8")
     print(f"{len(mix)} records -> {args.out}")
     return 0

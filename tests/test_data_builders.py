@@ -296,6 +296,9 @@ def test_a_subset_keeps_its_tasks_and_replays_factbook_qa(tmp_path):
     assert main([str(data), "--tasks", "entity_qa", "--replay-factbook", "0.25", "--out", str(out)]) == 0
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["task"] for r in kept) == ["entity_qa"] * 8 + ["qa"] * 2  # no continuation, no restate
+    few = tmp_path / "few.jsonl"
+    assert main([str(data), "--tasks", "entity_qa", "--replay-factbook", "0.25", "--at-most", "4", "--out", str(few)]) == 0
+    assert few.read_text().splitlines() == out.read_text().splitlines()[:4]  # the same seeded mix, cut
 
 
 # --- v2: the descriptive held-out set ---------------------------------------------------------------------
