@@ -8,7 +8,7 @@
 #   bash research/families_run.sh            # both families side by side, one core each; FAMILIES="gnu" for one
 #   TAG=_terms FAMILIES=gnu bash research/families_run.sh    # another run beside the first: runs/dom_gnu_terms, ...
 #   TAG=_replay REPLAY=runs/replay_200.jsonl bash research/families_run.sh   # general lines mixed in (--data), from
-#     python -m research.subset data/v2/train.jsonl --tasks <round 9's, as in research/short_round.sh> \
+#     python -m research.subset data/v2/train.jsonl --tasks <round 9's, as in research/campaign_round.sh> \
 #       --replay-factbook 0.5 --seed 24 --at-most 200 --out runs/replay_200.jsonl
 #
 # Resumable: a step whose output is complete is skipped, a fine-tune cut short is continued (--resume).
