@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--at-most", type=int, default=None, help="keep a seeded draw of at most this many records")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.at_most is not None and args.at_most < 1:
+        p.error(f"--at-most must be at least 1, got {args.at_most}")
     lines = Path(args.data).read_text(encoding="utf-8").splitlines(keepends=True)
     mix = subset(lines, {t.strip() for t in args.tasks.split(",") if t.strip()}, args.replay_factbook, args.seed,
                  args.at_most)
