@@ -25,6 +25,7 @@ BASE=${BASE:-round24}
 DESCRIBED=${DESCRIBED:-600}      # sentence-long answers in the mix
 EXTRA_FACTBOOK=${EXTRA_FACTBOOK:-0}   # Factbook QA lines added beyond those the QA sample holds (22s: 0)
 FRESH=${FRESH:-}                 # general-prose QA lines to draw from instead of round 9's (their Factbook share kept)
+MAX_CHUNKS=${MAX_CHUNKS:-24}     # the longest context trained, in chunks of the FROM checkpoint's size (~24 x 100 tokens)
 [ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" <<'PY'
 import json, random, sys
 out, rng = sys.argv[1], random.Random(int(sys.argv[2]))
@@ -56,7 +57,7 @@ if [ ! -f "$RUN/model.safetensors" ]; then
   resume=(); [ -d "$RUN/checkpoints" ] && resume=(--resume)
   [ -d "$RUN/checkpoints" ] || rm -rf "$RUN"
   OMP_NUM_THREADS=$THREADS $PY -m e2llm_plugin.finetune --data "$RUN.jsonl" --eval-data data/v2/eval.jsonl --from "$FROM" \
-    --output "$RUN" --distill 2 --max-chunks 24 --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.5 \
+    --output "$RUN" --distill 2 --max-chunks "$MAX_CHUNKS" --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.5 \
     --answer-out-ratio 0.3 --understanding-ratio 0.2 --batch-size 4 --max-steps 450 --time-budget "$MINUTES" \
     --save-every 20 --eval-every 100000 --eval-examples 24 --lr 2e-4 --warmup-steps 10 --seed "$SEED" "${resume[@]}"
 fi
