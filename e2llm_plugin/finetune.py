@@ -39,6 +39,7 @@ DOCUMENTS_TRAIN, DOCUMENTS_EVAL = "documents_train.jsonl", "documents_eval.jsonl
 RUN_FILES = (RUN_FILE, "train_log.jsonl", "checkpoints", "config.json", "model.safetensors", "README.md", DOCUMENTS_TRAIN,
              DOCUMENTS_EVAL)
 RUN_KEYS = {"data", "output", "config_overrides"}  # keys every run.json holds: a file by that name without them is not ours
+RECHUNKABLE = {"chunk_tokens", "chunk_overlap"}  # architecture flags --from may change: they shape no weight
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "QA task read from soft tokens")
     tasks.add_argument("--max-chunks", type=int, default=96, help="tasks with more chunks are skipped (and counted)")
 
-    model = p.add_argument_group("model (new runs; with --from, only reading settings and a larger k)")
+    model = p.add_argument_group("model (new runs; with --from, only reading settings, the chunk size and a larger k)")
     for flag in config_flags():
         text = flag.help
         if flag.name == "soft_tokens_per_chunk":
             text += "; with --from, a larger k grows from the trained adapter (its k tokens kept, new ones warm-started)"
+        elif flag.name in RECHUNKABLE:
+            text += "; with --from, the trained adapter reads chunks of the new size"
         model.add_argument("--" + flag.name.replace("_", "-"), type=flag.kind, choices=flag.choices, default=None, help=text)
     return p
 
@@ -245,7 +248,8 @@ def _build_model(args: TrainingArgs, overrides: dict):
     if args.init_from:
         overrides = dict(overrides)
         k = overrides.pop("soft_tokens_per_chunk", None)
-        architecture = {flag.name for flag in config_flags() if flag.group == ARCHITECTURE}
+        # Chunk size and overlap shape no weight (the adapter pools any number of encoder tokens): they may change.
+        architecture = {flag.name for flag in config_flags() if flag.group == ARCHITECTURE} - RECHUNKABLE
         arch = sorted(name for name in overrides if name in architecture)
         if arch:
             raise DataError(f"--from {args.init_from}: cannot change {arch} of a trained model")

@@ -82,13 +82,17 @@ def test_rag_mode_needs_qa_lines(tiny_dirs, tmp_path, capsys):
     assert "no QA lines" in capsys.readouterr().err
 
 
-def test_from_a_trained_model_k_grows_and_nothing_else_of_the_architecture_changes(tiny_dirs, data, tmp_path, capsys):
+def test_from_a_trained_model_k_grows_chunks_resize_and_nothing_else_changes(tiny_dirs, data, tmp_path, capsys):
     first = tmp_path / "k1"
     assert finetune.main(_args(tiny_dirs, data, first, "--max-steps", "1")) == 0
     base = ["--data", str(data[0]), "--eval-data", str(data[1]), "--from", str(first), "--eval-examples", "3", "--max-steps", "1"]
     assert finetune.main([*base, "--output", str(tmp_path / "k2"), "--soft-tokens-per-chunk", "2"]) == 0
     grown = E2LLM.from_pretrained(tmp_path / "k2")
     assert grown.config.soft_tokens_per_chunk == 2 and grown.compress([LOREM]).soft_tokens.shape[1] == 2
+    assert finetune.main([*base, "--output", str(tmp_path / "c16"), "--chunk-tokens", "16"]) == 0
+    rechunked = E2LLM.from_pretrained(tmp_path / "c16")
+    assert rechunked.config.chunk_tokens == 16
+    assert rechunked.compress([LOREM]).num_chunks > E2LLM.from_pretrained(first).compress([LOREM]).num_chunks
     assert finetune.main([*base, "--output", str(tmp_path / "r"), "--decoder-lora-r", "4"]) == 2
     assert "cannot change ['decoder_lora_r']" in capsys.readouterr().err
     assert finetune.main([*base, "--output", str(tmp_path / "k0"), "--soft-tokens-per-chunk", "1",
