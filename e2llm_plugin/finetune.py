@@ -39,7 +39,7 @@ DOCUMENTS_TRAIN, DOCUMENTS_EVAL = "documents_train.jsonl", "documents_eval.jsonl
 RUN_FILES = (RUN_FILE, "train_log.jsonl", "checkpoints", "config.json", "model.safetensors", "README.md", DOCUMENTS_TRAIN,
              DOCUMENTS_EVAL)
 RUN_KEYS = {"data", "output", "config_overrides"}  # keys every run.json holds: a file by that name without them is not ours
-RECHUNKABLE = {"chunk_tokens", "chunk_overlap"}  # architecture flags --from may change: they shape no weight
+RECHUNKABLE = {"chunk_tokens", "chunk_overlap"}  # architecture flags --from may change: no weight depends on them
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,6 @@ def _build_model(args: TrainingArgs, overrides: dict):
     if args.init_from:
         overrides = dict(overrides)
         k = overrides.pop("soft_tokens_per_chunk", None)
-        # Chunk size and overlap shape no weight (the adapter pools any number of encoder tokens): they may change.
         architecture = {flag.name for flag in config_flags() if flag.group == ARCHITECTURE} - RECHUNKABLE
         arch = sorted(name for name in overrides if name in architecture)
         if arch:
