@@ -15,6 +15,8 @@ and ``howto/`` pages. For each of these two families this writes, under ``OUT/{g
   from the test files by `e2llm_plugin.autodata` (short factual kinds only). Every generated question must pass
   `rejection`: its answer in its document, a specific question, an answer that cannot be guessed without reading.
   Generated questions' passages are hidden among passages of the other test documents, never train ones;
+- ``test_handwritten.jsonl``: more questions written by hand over the test documents (``family_questions.jsonl`` next
+  to this file), each with its whole document as context: a second set, so that the first stays as it was measured;
 - ``summary.json``: the split (which document in which side), counts, what was rejected and why, and the seed.
 
 The same corpora, benchmark files and seed give the same files.
@@ -50,6 +52,7 @@ GUESSABLE_SHARE = 0.25  # an answer found in this share of the family's document
 EXCERPT_WORDS = 3000  # as the benchmark's test sets
 GENERATED_POOL = 200  # questions asked for: more than the test side holds, so sampling exhausts it
 BENCHMARK_BUILD = "python -m research.data_builders --out data/v2 --version 2"
+FAMILY_QUESTIONS = Path(__file__).with_name("family_questions.jsonl")  # written by hand after reading the test files
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,28 @@ def question_set(family: Family, test_docs: list[sources.Doc], texts: dict[str, 
     return chosen, dict(rejected.most_common())
 
 
+def _folded(text: str) -> str:  # a hand-written answer may differ from the text in case and line breaks
+    return " ".join(text.lower().split())
+
+
+def handwritten_lines(family: Family, texts: dict[str, str], path: Path = FAMILY_QUESTIONS) -> list[dict]:
+    """The family's questions of ``path`` as evaluation lines, each with its whole test document as context; raises
+    `SplitError` for a question about a document not in test or an answer not in its document."""
+    lines = []
+    for q in (json.loads(raw) for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()):
+        if q["family"] != family.name:
+            continue
+        text = texts.get(q["doc_id"])
+        missing = q["answers"] if text is None else [a for a in q["answers"] if not occurs(_folded(a), _folded(text))]
+        if missing:
+            raise SplitError(f"{path.name}: {q['question']!r}: {missing} not in test document {q['doc_id']!r} "
+                             f"(is the document still on the test side? has its text changed?); fix the line by hand")
+        lines.append({"context": [text], "prompt": q["question"], "answer": q["answers"][0], "answers": list(q["answers"]),
+                      "task": "handwritten_family", "source": "handwritten", "doc_id": q["doc_id"], "extractive": True,
+                      "origin": "handwritten"})
+    return lines
+
+
 # --- the build ------------------------------------------------------------------------------------------------
 
 class FamilySplit(NamedTuple):
@@ -344,6 +369,10 @@ def build_family(family: Family, out: Path, bench: Path, seed: int = 0, n: int =
         with (staging / "test.jsonl").open("w", encoding="utf-8") as f:
             for line in lines:
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        more = handwritten_lines(family, texts)
+        with (staging / "test_handwritten.jsonl").open("w", encoding="utf-8") as f:
+            for line in more:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
         def side(name: str, units: list[str], side_docs: list[sources.Doc]) -> dict:
             words = sum(len(p.split()) for d in side_docs for p in d.paragraphs)
@@ -357,6 +386,7 @@ def build_family(family: Family, out: Path, bench: Path, seed: int = 0, n: int =
             "questions": {"n": len(lines), "by_origin": dict(Counter(x["origin"] for x in lines).most_common()),
                           "by_task": dict(Counter(x["task"] for x in lines).most_common()),
                           "by_document": dict(Counter(x["doc_id"] for x in lines).most_common()), "rejected": rejected},
+            "handwritten": {"n": len(more), "by_document": dict(Counter(x["doc_id"] for x in more).most_common())},
             "benchmark": str(bench), "spacy_model": questions.pipeline_name(),
             "seconds": {"split_and_export": round(split_s, 1), "total": round(time.perf_counter() - began, 1)},
         }
@@ -388,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: train {s['train']['documents']} documents ({s['train']['words']} words, {len(s['train']['units'])} "
               f"{s['unit']}s), test {s['test']['documents']} documents ({s['test']['words']} words, {s['test']['units']}); "
               f"{s['questions']['n']} questions {s['questions']['by_origin']}; rejected {s['questions']['rejected']}; "
+              f"{s['handwritten']['n']} more hand-written; "
               f"{s['seconds']['total']} s")
     return 0
 

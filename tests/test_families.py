@@ -148,7 +148,24 @@ def test_build_asks_only_about_test_documents(toy):
     origins = {x["origin"] for x in lines}
     assert origins == {"generated", "benchmark:bench.jsonl"}  # the question about a train document (station0) left out
     assert [x["doc_id"] for x in lines if x["origin"] != "generated"] == ["toy/station3"]
-    assert summary["seed"] == 0 and sorted(p.name for p in out.iterdir()) == ["summary.json", "test", "test.jsonl", "train"]
+    assert summary["seed"] == 0 and sorted(p.name for p in out.iterdir()) == ["summary.json", "test", "test.jsonl",
+                                                                             "test_handwritten.jsonl", "train"]
+    assert summary["handwritten"]["n"] == 0  # the hand-written file asks nothing about the toy family
+
+
+def test_handwritten_questions_read_their_whole_document_and_a_wrong_answer_is_an_error(tmp_path):
+    family = fam.Family("toy", "toy_source", "page", list, lambda doc_id: doc_id, (), ())
+    texts = {"toy/a": "The gauge was installed by\nMary Anning in 1850.", "toy/b": "Other text."}
+    questions = tmp_path / "questions.jsonl"
+    rows = [{"family": "toy", "doc_id": "toy/a", "question": "Who installed the gauge?", "answers": ["Mary Anning"]},
+            {"family": "other", "doc_id": "x/y", "question": "Not ours?", "answers": ["no"]}]
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    [line] = fam.handwritten_lines(family, texts, questions)
+    assert line["context"] == [texts["toy/a"]] and line["answer"] == "Mary Anning" and line["origin"] == "handwritten"
+    for wrong in ({"doc_id": "toy/a", "answers": ["Mary Annings"]}, {"doc_id": "toy/c", "answers": ["Mary Anning"]}):
+        questions.write_text(json.dumps({**rows[0], **wrong}) + "\n", encoding="utf-8")
+        with pytest.raises(fam.SplitError, match="fix the line by hand"):
+            fam.handwritten_lines(family, texts, questions)
 
 
 def test_build_is_deterministic(toy, tmp_path):
@@ -185,3 +202,6 @@ def test_real_families_split_by_unit_with_handwritten_pages_in_test(name):
                                                                                              ("test", split.test))}
     assert words["test"] < words["train"]
     assert fam.split_family(family, seed=0) == split
+    texts = {d.doc_id: fam.document_text(d) for d in split.test}
+    handwritten = fam.handwritten_lines(family, texts)  # every answer in its test document, or an error
+    assert len(handwritten) >= 50 and len({x["prompt"] for x in handwritten}) == len(handwritten)
