@@ -10,6 +10,7 @@
 #   TAG=_replay REPLAY=runs/replay_200.jsonl bash research/families_run.sh   # general lines mixed in (--data), from
 #     python -m research.subset data/v2/train.jsonl --tasks <round 9's, as in research/campaign_round.sh> \
 #       --replay-factbook 0.5 --seed 24 --at-most 200 --out runs/replay_200.jsonl
+#   TAG=_replay_s9 SEED=9 REPLAY=runs/replay_200.jsonl FAMILIES=pydocs bash research/families_run.sh   # a second seed
 #
 # Resumable: a step whose output is complete is skipped, a fine-tune cut short is continued (--resume).
 # CPU, one torch thread per process, as the benchmark was measured: about 60 min of training and 25 min of evaluation.
@@ -24,6 +25,7 @@ STEPS=${STEPS:-300}           # batches of 4, 11-14 s each at one thread: about 
 FAMILIES=${FAMILIES:-"gnu pydocs"}
 TAG=${TAG:-}                  # suffix of this run's folders (the "before" evaluation is shared)
 REPLAY=${REPLAY:-}            # a JSONL of general lines trained beside the family's documents (--data), or none
+SEED=${SEED:-8}               # the fine-tune's seed (the sampling of lines and tasks); another seed: another TAG
 # The benchmark's general sets (as in docs/eval/README.md) and the Factbook; each family leaves out the set made of
 # its own documents (GNU manuals: general_unseen_kind; Python docs: general_docs).
 GENERAL="handwritten whole_document general_unseen_kind general_speeches general_docs general_novels general_papers \
@@ -50,13 +52,15 @@ train() {  # train FAMILY: from the shipped checkpoint on the family's train doc
   $PY -m e2llm_plugin.finetune --documents "data/families/$1/train" "${replay[@]}" --output "$run" "${resume[@]}" \
     --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 --answer-out-ratio 0.3 --understanding-ratio 0.1 \
     --batch-size 4 --max-steps "$STEPS" --lr 2e-4 --warmup-steps 5 --time-budget "$MINUTES" --save-every 10 --eval-every 100000 \
-    --eval-examples 24 --seed 8 > "$run.log" 2>&1
+    --eval-examples 24 --seed "$SEED" > "$run.log" 2>&1
 }
 
 measure() {  # measure FAMILY: its held-out questions before and after, then the general sets and the Factbook after
   local fam=$1 run=runs/dom_$1$TAG out=runs/ev/dom_$1$TAG
-  evaluate "$SHIPPED" "data/families/$fam/test.jsonl" "runs/ev/dom_${fam}_before" 80
-  evaluate "$run" "data/families/$fam/test.jsonl" "${out}_after" 80
+  for set in test test_handwritten; do  # the generated and benchmark questions, then the second, hand-written set
+    evaluate "$SHIPPED" "data/families/$fam/$set.jsonl" "runs/ev/dom_${fam}_before/$set" 80
+    evaluate "$run" "data/families/$fam/$set.jsonl" "${out}_after/$set" 80
+  done
   local before=()
   for s in $GENERAL; do
     [ "$s" = "${OWN_SET[$fam]}" ] && continue
@@ -71,8 +75,8 @@ for fam in $FAMILIES; do train "$fam" & done; wait
 for fam in $FAMILIES; do measure "$fam" > "runs/ev_dom_$fam$TAG.log" 2>&1 & done; wait
 
 for fam in $FAMILIES; do
-  echo "== $fam: held-out questions, hybrid before and after"
-  $PY -m research.compare "runs/ev/dom_${fam}_before/results.json" "runs/ev/dom_${fam}${TAG}_after/results.json"
+  echo "== $fam: held-out questions (each set, then pooled), hybrid before and after"
+  $PY -m research.compare "runs/ev/dom_${fam}_before" "runs/ev/dom_${fam}${TAG}_after"
   echo "== $fam: general sets and Factbook, $BEFORE against after (runs/ev/dom_${fam}${TAG}_general_table/benchmark.md)"
   cat "runs/ev/dom_${fam}${TAG}_general_table/benchmark.md"
   $PY -m research.compare "docs/eval/general/$BEFORE" "runs/ev/dom_${fam}${TAG}_general"
