@@ -171,7 +171,7 @@ class E2LLMConfig:
     decoder: str = setting(EMBEDDED_DECODER, help="causal-LM decoder: Hub id, local dir or embedded name", flag=ARCHITECTURE)
 
     # The paper uses chunks of about 100-128 encoder tokens.
-    chunk_tokens: int = setting(100, help="encoder tokens per chunk", flag=ARCHITECTURE, low=8, high=8192)
+    chunk_tokens: int = setting(50, help="encoder tokens per chunk", flag=ARCHITECTURE, low=8, high=8192)
     chunk_overlap: int = setting(0, help="encoder tokens shared by consecutive chunks", flag=ARCHITECTURE, low=0)
 
     adapter: AdapterKind = setting("vpma", help="vpma: pooling by multi-head attention (the paper's); mlp: mean-pool then an MLP",
@@ -210,7 +210,7 @@ class E2LLMConfig:
     # read as raw text among 2,400 chunks is lost); past this many chunks, a question reads the best ranked and the rest
     # are hidden from it (`reading.SoftReader`). 256 is above every context the benchmark holds (so its figures stand);
     # with the rest hidden, 64 finds no more needles (docs/eval/long-context).
-    max_soft_chunks: int = setting(256, help="most chunks a question reads as soft tokens (past it, the ones ranked best "
+    max_soft_chunks: int = setting(512, help="most chunks a question reads as soft tokens (past it, the ones ranked best "
                                    "for it; the others are hidden from it); 0: every chunk that fits the window",
                                    flag=READING, low=0, high=10_000_000)
     max_new_tokens: int = setting(64, help="longest answer, in decoder tokens", low=1, high=1_000_000)
