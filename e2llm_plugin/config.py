@@ -170,7 +170,7 @@ class E2LLMConfig:
     encoder: str = setting(EMBEDDED_ENCODER, help="BERT-family encoder: Hub id, local dir or embedded name", flag=ARCHITECTURE)
     decoder: str = setting(EMBEDDED_DECODER, help="causal-LM decoder: Hub id, local dir or embedded name", flag=ARCHITECTURE)
 
-    # The paper uses chunks of about 100-128 encoder tokens.
+    # The paper uses chunks of about 100-128 encoder tokens; the shipped checkpoint reads 50 (docs/training-log.md, round 30c).
     chunk_tokens: int = setting(50, help="encoder tokens per chunk", flag=ARCHITECTURE, low=8, high=8192)
     chunk_overlap: int = setting(0, help="encoder tokens shared by consecutive chunks", flag=ARCHITECTURE, low=0)
 
@@ -208,7 +208,7 @@ class E2LLMConfig:
                                           flag=READING)
     # A decoder trained on contexts of at most a few hundred chunks answers from thousands of soft tokens badly (a needle
     # read as raw text among 2,400 chunks is lost); past this many chunks, a question reads the best ranked and the rest
-    # are hidden from it (`reading.SoftReader`). 256 is above every context the benchmark holds (so its figures stand);
+    # are hidden from it (`reading.SoftReader`). 512 chunks of 50 tokens (~25k) is above every context the benchmark holds;
     # with the rest hidden, 64 finds no more needles (docs/eval/long-context).
     max_soft_chunks: int = setting(512, help="most chunks a question reads as soft tokens (past it, the ones ranked best "
                                    "for it; the others are hidden from it); 0: every chunk that fits the window",

@@ -366,13 +366,9 @@ def build_family(family: Family, out: Path, bench: Path, seed: int = 0, n: int =
         texts = {d.doc_id: read_file(staging / "test" / files["test"][d.doc_id]).text for d in test_docs}
         all_texts = list(texts.values()) + [read_file(staging / "train" / f).text for f in files["train"].values()]
         lines, rejected = question_set(family, test_docs, texts, all_texts, bench, seed, n, minimum)
-        with (staging / "test.jsonl").open("w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
         more = handwritten_lines(family, texts)
-        with (staging / "test_handwritten.jsonl").open("w", encoding="utf-8") as f:
-            for line in more:
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        for name, rows in (("test.jsonl", lines), ("test_handwritten.jsonl", more)):
+            (staging / name).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
 
         def side(name: str, units: list[str], side_docs: list[sources.Doc]) -> dict:
             words = sum(len(p.split()) for d in side_docs for p in d.paragraphs)
