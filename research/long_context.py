@@ -13,7 +13,8 @@
 
 Each probe runs ``--variants`` variants (other names, depths, target files) per mode (with ``--max-soft-chunks 0,96``,
 per mode and cap: "hybrid/96"); the report gives the hits, the answers, the time per question and the process's peak
-RSS (the 1M-token probe runs last, so the peak is its own).
+RSS (the 1M-token probe runs last, so the peak is its own), and for each answer where the planted fact stood among the
+raw passages read (``fact_passage``: 1 = first, null = not read).
 Compressed chunks go through a private temporary store, so a variant re-encodes only the chunks its needle changed.
 Every fact is invented: no model can know it, and none is in any training set.
 """
@@ -114,15 +115,23 @@ def run_probe(model: E2LLM, name: str, cases: list[dict], modes: list[str], max_
             start = time.perf_counter()
             answer = model.answer(case["question"], context=context, mode=reading, max_new_tokens=max_new_tokens)
             text = "".join(answer).strip()
+            read = [context.chunks[index].text for index, _ in answer.passages]
             rows[mode].append({"question": case["question"], "expect": case["expect"], "answer": text,
                                "hit": hit(text, case["expect"]), "seconds": round(time.perf_counter() - start, 2),
                                "chunks_read": answer.chunks_read, "chunks": context.num_chunks,
+                               "fact_passage": fact_passage(read, case["expect"]), "passages": len(read),
                                **{k: case[k] for k in ("depth", "file") if k in case}})
         print(f"{name} {i + 1}/{len(cases)}: " + ", ".join(f"{m} {'hit' if rows[m][-1]['hit'] else 'miss'}" for m in modes),
               flush=True)
     tokens = contexts[next(iter(contexts))].num_source_tokens
     return {"source_tokens": tokens, "peak_rss_gib": round(peak_rss_gib(), 2),
             "hits": {m: sum(r["hit"] for r in rows[m]) for m in modes}, "n": len(cases), "answers": rows}
+
+
+def fact_passage(passages: list[str], expect: str) -> int | None:
+    """Where the planted fact stands among the raw passages read (1 = first), None if none holds it: a miss with the
+    fact read is the decoder's, one without it the ranking's."""
+    return next((i + 1 for i, text in enumerate(passages) if hit(text, expect)), None)
 
 
 def peak_rss_gib() -> float:

@@ -1,0 +1,16 @@
+"""The long-context probes' scoring: a hit, and where the planted fact stood among the passages read."""
+from research.long_context import fact_passage, hit
+
+
+def test_a_hit_reads_numbers_with_separators_as_the_number():
+    assert hit("It was given 44,279 dollars.", "44279")
+    assert hit("Ottoline BRASK", "Brask")
+    assert not hit("44,270 dollars", "44279")
+
+
+def test_the_fact_passage_is_the_first_passage_that_holds_the_fact():
+    passages = ["The lighthouse was built in 1850.", "The keeper of the Velmora lighthouse is Ottoline Brask.",
+                "Brask again."]
+    assert fact_passage(passages, "Brask") == 2
+    assert fact_passage(passages, "Featherstone") is None
+    assert fact_passage([], "Brask") is None
