@@ -6,6 +6,8 @@
 #
 #   ROUND=22s SEED=22 MINUTES=60 bash research/short_round.sh     # after campaign_round.sh's step 1 built its inputs
 #   ROUND=23s SEED=23 EXTRA_FACTBOOK=800 DESCRIBED=1000 THREADS=2 bash research/short_round.sh   # more Factbook, longer answers
+#   ROUND=31h SEED=31 LONG=900 MAX_CHUNKS=96 bash research/short_round.sh   # plus round 9's haystacks and
+#     whole-document questions that the short filter leaves out, up to 96 chunks of 50 tokens
 #   ROUND=27s SEED=27 FRESH=runs/fresh_lines.jsonl THREADS=2 MINUTES=45 bash research/short_round.sh   # general QA
 #     from documents v2 never read (python -m research.fresh_lines), the Factbook's share of the sample as before
 #
@@ -26,10 +28,13 @@ DESCRIBED=${DESCRIBED:-600}      # sentence-long answers in the mix
 EXTRA_FACTBOOK=${EXTRA_FACTBOOK:-0}   # Factbook QA lines added beyond those the QA sample holds (22s: 0)
 FRESH=${FRESH:-}                 # general-prose QA lines to draw from instead of round 9's (their Factbook share kept)
 MAX_CHUNKS=${MAX_CHUNKS:-48}     # the longest context trained, in chunks of the FROM checkpoint's size (~48 x 50 tokens)
-[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" <<'PY'
+LONG=${LONG:-0}                  # round 9's lines longer than ~24 chunks of 100 tokens (haystacks, whole-document
+                                 # questions) added, up to MAX_CHUNKS chunks of 50 tokens (31h: 900)
+[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" "$LONG" "$MAX_CHUNKS" <<'PY'
 import json, random, sys
 out, rng = sys.argv[1], random.Random(int(sys.argv[2]))
 described_n, extra_factbook, fresh_path = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+long_n, max_chunks = int(sys.argv[6]), int(sys.argv[7])
 def chars(line):  # about 450 characters a chunk: keep contexts of at most ~24 chunks
     context = json.loads(line).get("context") or ""
     return len(context if isinstance(context, str) else " ".join(context))
@@ -49,6 +54,8 @@ lines = sample + rng.sample(described, min(described_n, len(described)))
 chosen = set(lines)
 factbook = [line for line in qa if line not in chosen and is_factbook(line)]
 lines += rng.sample(factbook, min(extra_factbook, len(factbook)))
+long = [line for line in open("runs/r9_train.jsonl") if line.strip() and 24 < chars(line) // 450 <= max_chunks // 2]
+lines += rng.sample(long, min(long_n, len(long)))
 rng.shuffle(lines)
 open(out, "w").writelines(lines)
 print(f"{out}: {len(lines)} lines")
