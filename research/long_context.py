@@ -12,9 +12,10 @@
   distractors a reader must not answer from).
 
 Each probe runs ``--variants`` variants (other names, depths, target files) per mode (with ``--max-soft-chunks 0,96``,
-per mode and cap: "hybrid/96"); the report gives the hits, the answers, the time per question and the process's peak
-RSS (the 1M-token probe runs last, so the peak is its own), and for each answer where the planted fact stood among the
-raw passages read (``fact_passage``: 1 = first, null = not read).
+per mode and cap: "hybrid/96"; with ``--raw-tokens 128``, per raw-passage budget: "hybrid@128"); the report gives the
+hits, the answers, the time per question and the process's peak RSS (the 1M-token probe runs last, so the peak is its
+own), and for each answer where the planted fact stood among the raw passages read (``fact_passage``: 1 = first, null
+= not read).
 Compressed chunks go through a private temporary store, so a variant re-encodes only the chunks its needle changed.
 Every fact is invented: no model can know it, and none is in any training set.
 """
@@ -103,17 +104,18 @@ def hit(answer: str, expect: str) -> bool:
 def run_probe(model: E2LLM, name: str, cases: list[dict], modes: list[str], max_new_tokens: int) -> dict:
     rows = {mode: [] for mode in modes}
     contexts: dict[int, object] = {}
+    default_cap = model.config.max_soft_chunks
     for i, case in enumerate(cases):
         key = id(case["documents"])
         if key not in contexts:  # files_50's variants share one set of files: compress it once
             contexts = {key: model.compress(case["documents"], show_progress=False)}
         context = contexts[key]
         for mode in modes:
-            reading, _, cap = mode.partition("/")
-            if cap:
-                model.config.max_soft_chunks = int(cap)
+            reading, cap, raw_tokens = parse_mode(mode)
+            model.config.max_soft_chunks = default_cap if cap is None else cap
             start = time.perf_counter()
-            answer = model.answer(case["question"], context=context, mode=reading, max_new_tokens=max_new_tokens)
+            answer = model.answer(case["question"], context=context, mode=reading, max_new_tokens=max_new_tokens,
+                                  raw_tokens=raw_tokens)
             text = "".join(answer).strip()
             read = [context.chunks[index].text for index, _ in answer.passages]
             rows[mode].append({"question": case["question"], "expect": case["expect"], "answer": text,
@@ -126,6 +128,14 @@ def run_probe(model: E2LLM, name: str, cases: list[dict], modes: list[str], max_
     tokens = contexts[next(iter(contexts))].num_source_tokens
     return {"source_tokens": tokens, "peak_rss_gib": round(peak_rss_gib(), 2),
             "hits": {m: sum(r["hit"] for r in rows[m]) for m in modes}, "n": len(cases), "answers": rows}
+
+
+def parse_mode(spec: str) -> tuple[str, int | None, int | None]:
+    """A probe's reading: "hybrid", "hybrid/256" (at most 256 soft chunks), "hybrid@128" (128 raw-passage tokens),
+    "hybrid/256@128" (both) -> (mode, cap or None, raw budget or None)."""
+    spec, _, raw = spec.partition("@")
+    mode, _, cap = spec.partition("/")
+    return mode, int(cap) if cap else None, int(raw) if raw else None
 
 
 def fact_passage(passages: list[str], expect: str) -> int | None:
@@ -149,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-soft-chunks", default=None,
                    help="comma-separated max_soft_chunks values, each read in every mode (0: every chunk that fits the "
                    "window; default: the checkpoint's)")
+    p.add_argument("--raw-tokens", default=None,
+                   help="comma-separated raw-passage budgets (decoder tokens), each read in every mode and cap "
+                   "(default: the checkpoint's hybrid_raw_tokens for hybrid, the window's rest for rag)")
     p.add_argument("--passage-order", choices=["ranked", "document"], default=None,
                    help="the order raw passages are read in (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
@@ -167,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             caps = [int(cap) for cap in args.max_soft_chunks.split(",")]
             modes = [m for m in modes if not reader_for(m).reads_soft] + \
                 [f"{m}/{cap}" for cap in caps for m in modes if reader_for(m).reads_soft]
+        if args.raw_tokens is not None:  # "hybrid@128": hybrid reading 128 tokens of raw passages
+            modes = [f"{m}@{int(raw)}" for raw in args.raw_tokens.split(",") for m in modes]
         report = {"model": args.model or "shipped", "modes": modes, "variants": args.variants,
                   "passage_order": model.config.passage_order, "probes": {}}
         order = [t for t in ("quickstart", "needle_200k", "files_50", "needle_1m") if t in args.tests]
