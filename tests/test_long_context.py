@@ -1,4 +1,4 @@
-"""The long-context probes' scoring: a hit, and where the planted fact stood among the passages read."""
+"""The long-context probes: a hit, where the planted fact stood among the passages read, how a probe mode is read."""
 from research.long_context import fact_passage, hit, parse_mode
 
 
