@@ -10,6 +10,8 @@
 #     whole-document questions that the short filter leaves out, up to 96 chunks of 50 tokens
 #   ROUND=27s SEED=27 FRESH=runs/fresh_lines.jsonl THREADS=2 MINUTES=45 bash research/short_round.sh   # general QA
 #     from documents v2 never read (python -m research.fresh_lines), the Factbook's share of the sample as before
+#   ROUND=32l SEED=32 ADD=runs/lookalike.jsonl MAX_CHUNKS=64 bash research/short_round.sh   # plus questions among
+#     look-alike passages (python -m research.lookalike runs/r9_train.jsonl --n 900 --seed 32 --out runs/lookalike.jsonl)
 #
 # Resumable like the campaign. The whole benchmark afterwards: ROUND=22s SEED=22 bash research/campaign_round.sh
 # (its data and training steps are skipped once runs/r$ROUND.jsonl and the weights exist).
@@ -30,11 +32,12 @@ FRESH=${FRESH:-}                 # general-prose QA lines to draw from instead o
 MAX_CHUNKS=${MAX_CHUNKS:-48}     # the longest context trained, in chunks of the FROM checkpoint's size (~48 x 50 tokens)
 LONG=${LONG:-0}                  # round 9's lines longer than ~24 chunks of 100 tokens (haystacks, whole-document
                                  # questions) added, up to MAX_CHUNKS chunks of 50 tokens (31h: 900)
-[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" "$LONG" "$MAX_CHUNKS" <<'PY'
+ADD=${ADD:-}                     # a JSONL of further lines added whole (32l: research.lookalike's)
+[ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" "$LONG" "$MAX_CHUNKS" "$ADD" <<'PY'
 import json, random, sys
 out, rng = sys.argv[1], random.Random(int(sys.argv[2]))
 described_n, extra_factbook, fresh_path = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-long_n, max_chunks = int(sys.argv[6]), int(sys.argv[7])
+long_n, max_chunks, add_path = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
 def chars(line):  # about 450 characters a chunk: keep contexts of at most ~24 chunks
     context = json.loads(line).get("context") or ""
     return len(context if isinstance(context, str) else " ".join(context))
@@ -56,6 +59,8 @@ factbook = [line for line in qa if line not in chosen and is_factbook(line)]
 lines += rng.sample(factbook, min(extra_factbook, len(factbook)))
 long = [line for line in open("runs/r9_train.jsonl") if line.strip() and 24 < chars(line) // 450 <= max_chunks // 2]
 lines += rng.sample(long, min(long_n, len(long)))
+if add_path:
+    lines += [line for line in open(add_path) if line.strip()]
 rng.shuffle(lines)
 open(out, "w").writelines(lines)
 print(f"{out}: {len(lines)} lines")

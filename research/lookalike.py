@@ -1,0 +1,96 @@
+"""Questions whose answer stands among look-alike passages: the raw passages a reader ranks beside the right one talk
+about the same things, and only one holds the answer.
+
+    python -m research.lookalike runs/r9_train.jsonl --n 900 --seed 32 --out runs/lookalike.jsonl
+
+The long-context probe's misses (docs/eval/long-context/README.md) read the planted fact as the first raw passage
+and still answer with a name from the next ones: speech passages about lighthouses, captains and commodores, ranked
+high because they share the question's words. The haystacks trained so far hide a passage among random ones, which
+share nothing with the question. Here each entity question (plain, other-sentence and counterfactual copies, whose
+answers no prior gives away) keeps its own context and gets the paragraphs of *other documents of the same source*
+that BM25 ranks highest for the question and that do not hold the answer, cut to `--neg-words` words, then shuffled
+in as separate documents. The task is named ``lookalike_<task>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from e2llm_plugin.autodata.questions import word_pattern
+from e2llm_plugin.ranking import Bm25
+
+TASKS = ("entity_qa", "entity_qa_other_sentence", "entity_qa_counterfactual", "entity_qa_other_sentence_counterfactual")
+
+
+def paragraphs(record: dict) -> list[str]:
+    """A record's own paragraphs (none from a haystack, whose context holds other documents' passages)."""
+    context = record.get("context")
+    return [p for p in context.split("\n") if len(p.split()) >= 12] if isinstance(context, str) else []
+
+
+def lookalike(records: list[dict], n: int, seed: int, negatives: tuple[int, int] = (3, 8),
+              neg_words: int = 1200) -> list[dict]:
+    """Up to `n` of `records`' entity questions, each with look-alike paragraphs of other documents added."""
+    rng = random.Random(seed)
+    by_source: dict[str, list[tuple[str, str]]] = defaultdict(list)  # source -> (doc_id, paragraph), deduplicated
+    seen = set()
+    for r in records:
+        if r.get("counterfactual"):  # its paragraphs are real ones with a name swapped: near-copies, not look-alikes
+            continue
+        for p in paragraphs(r):
+            if p[:120] not in seen:  # the same paragraph, cut at other lengths, stands in several windows
+                seen.add(p[:120])
+                by_source[r["source"]].append((r["doc_id"], p))
+    index = {s: Bm25([p for _, p in pool]) for s, pool in by_source.items()}
+    questions = [r for r in records if r.get("task") in TASKS and isinstance(r.get("context"), str)
+                 and r.get("source") != "factbook"]  # the Factbook's contexts are look-alike lines already
+    rng.shuffle(questions)
+    out = []
+    for r in questions:
+        if len(out) >= n:
+            break
+        pool, answer = by_source[r["source"]], word_pattern(r["answer"])
+        scores = index[r["source"]].scores(r["prompt"])
+        ranked = sorted((i for i, s in enumerate(scores) if s > 0), key=lambda i: -scores[i])
+        docs, words, want = [], 0, rng.randint(*negatives)
+        for i in ranked:
+            doc_id, text = pool[i]
+            if doc_id == r["doc_id"] or answer.search(text):
+                continue
+            if words + len(text.split()) > neg_words:
+                continue
+            docs.append(text)
+            words += len(text.split())
+            if len(docs) >= want:
+                break
+        if len(docs) < negatives[0]:
+            continue
+        docs.append(r["context"])
+        rng.shuffle(docs)
+        out.append({**r, "context": docs, "needle_index": docs.index(r["context"]), "n_docs": len(docs),
+                    "task": "lookalike_" + r["task"]})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m research.lookalike", description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="training JSONL with entity questions (research.subset's output, e.g. r9_train.jsonl)")
+    p.add_argument("--n", type=int, default=900, help="questions to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--neg-words", type=int, default=1200, help="words of look-alike paragraphs added to a question")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    records = [json.loads(line) for line in open(args.data) if line.strip()]
+    made = lookalike(records, args.n, args.seed, neg_words=args.neg_words)
+    with args.out.open("w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in made)
+    print(f"{args.out}: {len(made)} questions among look-alike passages")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
