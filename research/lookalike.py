@@ -6,10 +6,10 @@ about the same things, and only one holds the answer.
 The long-context probe's misses (docs/eval/long-context/README.md) read the planted fact as the first raw passage
 and still answer with a name from the next ones: speech passages about lighthouses, captains and commodores, ranked
 high because they share the question's words. The haystacks trained so far hide a passage among random ones, which
-share nothing with the question. Here each entity question (plain, other-sentence and counterfactual copies, whose
-answers no prior gives away) keeps its own context and gets the paragraphs of *other documents of the same source*
-that BM25 ranks highest for the question and that do not hold the answer, cut to `--neg-words` words, then shuffled
-in as separate documents. The task is named ``lookalike_<task>``.
+share nothing with the question. Here each entity question (plain and other-sentence ones, and their counterfactual
+copies, whose answers no prior gives away) keeps its own context and gets 3-8 paragraphs of *other documents of the
+same source* that BM25 ranks highest for the question and that do not hold the answer (at most `--neg-words` words in
+all), shuffled in as separate documents. The task is named ``lookalike_<task>``.
 """
 
 from __future__ import annotations
