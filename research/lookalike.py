@@ -59,9 +59,7 @@ def lookalike(records: list[dict], n: int, seed: int, negatives: tuple[int, int]
         docs, words, want = [], 0, rng.randint(*negatives)
         for i in ranked:
             doc_id, text = pool[i]
-            if doc_id == r["doc_id"] or answer.search(text):
-                continue
-            if words + len(text.split()) > neg_words:
+            if doc_id == r["doc_id"] or answer.search(text) or words + len(text.split()) > neg_words:
                 continue
             docs.append(text)
             words += len(text.split())
