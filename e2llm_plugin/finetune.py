@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "passages in rag mode, beside the gold answer (xRAG uses 2); one more no-grad decoder pass per "
                        "QA task read from soft tokens")
     tasks.add_argument("--max-chunks", type=int, default=96, help="tasks with more chunks are skipped (and counted)")
+    tasks.add_argument("--encoder-grad-chunks", type=int, default=0,
+                       help="backpropagate into the encoder through at most this many chunks of a batch (those holding "
+                       "the answer first) and encode the others without gradient: long contexts of hundreds of chunks at "
+                       "a fraction of the cost (0: every chunk)")
 
     model = p.add_argument_group("model (new runs; with --from, only reading settings, the chunk size and a larger k)")
     for flag in config_flags():
@@ -180,6 +184,8 @@ def _check_args(a) -> None:
     for name in ("soft_ratio", "answer_out_ratio"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             raise DataError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(a, name)}")
+    if a.encoder_grad_chunks < 0:
+        raise DataError(f"--encoder-grad-chunks must be >= 0 (0: every chunk), got {a.encoder_grad_chunks}")
     if a.distill < 0:
         raise DataError(f"--distill must be >= 0, got {a.distill}")
     if a.max_steps is not None and a.max_steps < 1:

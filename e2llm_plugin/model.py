@@ -600,7 +600,8 @@ class E2LLM(
                 self.decoder.lora_active = True
 
     # ---- training --------------------------------------------------------------------------------------------
-    def forward(self, tasks: Task | Sequence[Task], mode: Mode | None = None, distill: float = 0.0) -> torch.Tensor:
+    def forward(self, tasks: Task | Sequence[Task], mode: Mode | None = None, distill: float = 0.0,
+                encoder_grad_chunks: int = 0) -> torch.Tensor:
         """The training loss: restate a task's chunks, or answer its question reading them in its mode (else `mode`).
 
         A list of tasks is read as one batch: one encoder pass over their distinct chunks (a restate window repeats
@@ -608,14 +609,25 @@ class E2LLM(
         that weight times the KL divergence from a teacher reading the raw passages that hold the answer (`rag` mode)
         to the student's next-token distributions over the answer, for every task read from soft tokens (xRAG's recipe,
         with the model's own reading as the teacher): the decoder as `freeze_teacher` kept it, frozen on the first
-        such call if it was not kept before."""
+        such call if it was not kept before. `encoder_grad_chunks` > 0 backpropagates into the encoder through at
+        most that many chunks of the batch, those that hold an answer or are restated first; the others are encoded
+        without gradient (their soft tokens still train the adapter and the decoder), so that contexts of hundreds of
+        chunks cost an encoder forward, not a backward, per chunk."""
         if isinstance(tasks, Task):
-            return self.forward([tasks], mode, distill)[0]
+            return self.forward([tasks], mode, distill, encoder_grad_chunks)[0]
         texts = list(dict.fromkeys(c.text for task in tasks for c in task.chunks))
+        if 0 < encoder_grad_chunks < len(texts):
+            taught = [task.chunks[i].text for task in tasks for i in sorted(task.answer_chunks())]
+            taught += [c.text for task in tasks if task.kind == "understanding" for c in task.chunks]
+            texts = list(dict.fromkeys(taught + texts))
+            soft, ranking = self._encode_for_training(texts[:encoder_grad_chunks])
+            with torch.no_grad():
+                states, mask = self.encoder(texts[encoder_grad_chunks:])
+            soft = torch.cat([soft, self.adapter(states, mask)])
+            ranking = torch.cat([ranking, nn.functional.normalize(mean_pool(states, mask), dim=-1)])
+        else:
+            soft, ranking = self._encode_for_training(texts)
         row = {text: i for i, text in enumerate(texts)}
-        states, mask = self.encoder(texts)
-        soft = self.adapter(states, mask)
-        ranking = nn.functional.normalize(mean_pool(states.detach(), mask), dim=-1)  # the same pass ranks the chunks
         prompts, contexts = [], []
         for task in tasks:
             rows = [row[c.text] for c in task.chunks]
@@ -642,6 +654,12 @@ class E2LLM(
                                           reduction="batchmean") for i, t in zip(taught, teacher, strict=True)}
             losses = losses + distill * torch.stack([kl.get(i, losses.new_zeros(())) for i in range(len(tasks))])
         return losses
+
+    def _encode_for_training(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft tokens (differentiable) and ranking embeddings of chunk texts, from one encoder pass."""
+        states, mask = self.encoder(texts)
+        ranking = nn.functional.normalize(mean_pool(states.detach(), mask), dim=-1)  # the same pass ranks the chunks
+        return self.adapter(states, mask), ranking
 
     def freeze_teacher(self) -> None:
         """Keep the decoder as it is now as the distillation teacher of `forward(distill=...)`: a frozen copy of the

@@ -12,6 +12,9 @@
 #     from documents v2 never read (python -m research.fresh_lines), the Factbook's share of the sample as before
 #   ROUND=32l SEED=32 ADD=runs/lookalike.jsonl MAX_CHUNKS=64 bash research/short_round.sh   # plus questions among
 #     look-alike passages (python -m research.lookalike runs/r9_train.jsonl --n 900 --seed 32 --out runs/lookalike.jsonl)
+#   ROUND=33d SEED=33 ADD=runs/distractors.jsonl MAX_CHUNKS=512 GRAD_CHUNKS=96 THREADS=2 bash research/short_round.sh
+#     # plus questions among hundreds of chunks of other sources (python -m research.distractors runs/r9_train.jsonl
+#     --n 2000 --seed 33 --out runs/distractors.jsonl), the encoder's gradient through at most 96 chunks a batch
 #
 # Resumable like the campaign. The whole benchmark afterwards: ROUND=22s SEED=22 bash research/campaign_round.sh
 # (its data and training steps are skipped once runs/r$ROUND.jsonl and the weights exist).
@@ -33,6 +36,7 @@ MAX_CHUNKS=${MAX_CHUNKS:-48}     # the longest context trained, in chunks of the
 LONG=${LONG:-0}                  # round 9's lines longer than ~24 chunks of 100 tokens (haystacks, whole-document
                                  # questions) added, up to MAX_CHUNKS chunks of 50 tokens (31h: 900)
 ADD=${ADD:-}                     # a JSONL of further lines added whole (32l: research.lookalike's)
+GRAD_CHUNKS=${GRAD_CHUNKS:-0}     # --encoder-grad-chunks (0: every chunk; 33d: 96, the short batches' most)
 [ -s "$RUN.jsonl" ] || $PY - "$RUN.jsonl" "$SEED" "$DESCRIBED" "$EXTRA_FACTBOOK" "$FRESH" "$LONG" "$MAX_CHUNKS" "$ADD" <<'PY'
 import json, random, sys
 out, rng = sys.argv[1], random.Random(int(sys.argv[2]))
@@ -71,7 +75,7 @@ if [ ! -f "$RUN/model.safetensors" ]; then
   OMP_NUM_THREADS=$THREADS $PY -m e2llm_plugin.finetune --data "$RUN.jsonl" --eval-data data/v2/eval.jsonl --from "$FROM" \
     --output "$RUN" --distill 2 --max-chunks "$MAX_CHUNKS" --mode hybrid --hybrid-raw-tokens 512 --soft-ratio 0.5 \
     --answer-out-ratio 0.3 --understanding-ratio 0.2 --batch-size 4 --max-steps 450 --time-budget "$MINUTES" \
-    --save-every 20 --eval-every 100000 --eval-examples 24 --lr 2e-4 --warmup-steps 10 --seed "$SEED" "${resume[@]}"
+    --save-every 20 --encoder-grad-chunks "$GRAD_CHUNKS" --eval-every 100000 --eval-examples 24 --lr 2e-4 --warmup-steps 10 --seed "$SEED" "${resume[@]}"
 fi
 evaluate() {
   [ -f "runs/eval_r$ROUND/$1/results.md" ] || OMP_NUM_THREADS=1 $PY -m e2llm_plugin.evaluate --model "$RUN" \

@@ -310,11 +310,56 @@ def test_read_as_follows_the_ratios_in_hybrid_mode_and_changes_nothing_elsewhere
     assert _read_all([question], n=50, mode="hybrid", soft_ratio=0.3, answer_out_ratio=0.5) == read[:50]
 
 
+def test_a_line_that_names_its_mode_is_read_as_it_says(model, tmp_path):
+    from e2llm_plugin.training.data import DataError, JsonlDataset, make_tasks
+
+    path = tmp_path / "pinned.jsonl"
+    line = {"context": LOREM, "prompt": QUESTION, "answer": "26 October"}
+    path.write_text(json.dumps({**line, "mode": "hybrid"}) + "\n" + json.dumps(line) + "\n")
+    pinned, free = (make_tasks(JsonlDataset(path).read(i), model, random.Random(0), 0.0, 2)[0] for i in range(2))
+    assert pinned.mode == "hybrid" and free.mode is None
+    read = _read_all([pinned, free], mode="hybrid", soft_ratio=1.0, answer_out_ratio=1.0)
+    assert all(t == pinned for t in read[::2])  # never soft alone, never its answer hidden
+    assert all(t.mode == "soft" for t in read[1::2])
+    path.write_text(json.dumps({**line, "mode": "raw"}) + "\n")
+    with pytest.raises(DataError, match=r"pinned.jsonl:1: 'mode' must be one of \['soft', 'hybrid', 'rag'\]"):
+        JsonlDataset(path)
+
+
+def test_an_encoder_gradient_budget_keeps_the_losses_and_the_answers_gradient(model, tasks, monkeypatch):
+    """Chunks past the budget are encoded without gradient: the same losses, the encoder's gradient from fewer chunks,
+    the answer's chunk among those that keep it."""
+    national = dataclasses.replace(tasks[0], mode="soft")  # every chunk's soft tokens read, none replaced by its text
+    model.zero_grad(set_to_none=True)
+    full = model([national], "hybrid")
+    full.sum().backward()
+    lora = {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("encoder.") and p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    budget = model([national], "hybrid", encoder_grad_chunks=1)
+    torch.testing.assert_close(budget, full, rtol=1e-5, atol=1e-5)
+    budget.sum().backward()
+    partial = {n: p.grad for n, p in model.named_parameters() if n.startswith("encoder.") and p.grad is not None}
+    assert partial.keys() == lora.keys() and any(g.abs().sum() > 0 for g in partial.values())
+    assert not all(torch.allclose(partial[n], lora[n]) for n in lora)  # two chunks' gradient left out
+    adapter = [p.grad for n, p in model.named_parameters() if n.startswith("adapter.")]
+    assert all(g is not None for g in adapter)
+    model.zero_grad(set_to_none=True)
+    # the chunk that keeps the gradient is the answer's
+    encoded, forward = [], model.encoder.forward
+    monkeypatch.setattr(model.encoder, "forward", lambda texts: encoded.append((texts, torch.is_grad_enabled()))
+                        or forward(texts))
+    model([national], "hybrid", encoder_grad_chunks=1)
+    (with_grad, on), (without, off) = encoded
+    answer = national.chunks[min(national.answer_chunks())].text
+    assert on and not off and with_grad == [answer] and answer not in without and len(without) == 2
+
+
 # ---- 6. bad flags ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--batch-size", "-2"), ("--soft-ratio", "1.5"),
                                          ("--soft-ratio", "-0.1"), ("--answer-out-ratio", "-0.1"),
-                                         ("--answer-out-ratio", "2"), ("--distill", "-1")])
+                                         ("--answer-out-ratio", "2"), ("--distill", "-1"),
+                                         ("--encoder-grad-chunks", "-1")])
 def test_bad_recipe_flags_are_refused_naming_the_flag(tiny_dirs, data, tmp_path, capsys, flag, value):
     out = tmp_path / "out"
     assert finetune.main(_args(tiny_dirs, data[0], data[1], out, "--mode", "hybrid", "--max-steps", "1", flag, value)) == 2

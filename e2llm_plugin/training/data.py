@@ -2,7 +2,9 @@
 
 Two kinds of line:
 
-* reasoning: ``{"context": str | [str], "prompt": str, "answer": str}`` (extra keys are ignored)
+* reasoning: ``{"context": str | [str], "prompt": str, "answer": str}`` (extra keys are ignored), with an optional
+  ``"mode"`` ("soft", "hybrid" or "rag") that pins how training reads the question, over the recipe's choice (a line
+  whose answer only raw text can give, such as an invented name among hundreds of other chunks, says "hybrid")
 * understanding only: ``{"text": str}``
 
 The file is never loaded whole: one pass validates it and records where each line starts; an epoch is a seeded
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import MODES
 from ..decoder import RESTATE_INSTRUCTION
 from ..errors import ContextOverflowError, E2LLMError, check_unicode
 from ..reading import reader_for
@@ -35,6 +38,7 @@ class Record:
     context: list[str]
     prompt: str | None = None  # None for understanding-only lines
     answer: str | None = None
+    mode: str | None = None  # how training reads the question; None: as the run's recipe draws it
 
 
 def _check_text(value: str, where: str, field: str) -> None:
@@ -71,7 +75,11 @@ def parse_line(line: str, where: str) -> Record:
         if not isinstance(obj[key], str) or not obj[key].strip():
             raise DataError(f"{where}: '{key}' must be a non-empty string")
         _check_text(obj[key], where, f"'{key}'")
-    return Record([c for c in context if c.strip()], obj["prompt"].strip(), obj["answer"].strip())
+    mode = obj.get("mode")
+    if mode is not None and mode not in MODES:
+        raise DataError(f"{where}: 'mode' must be one of {list(MODES)} (how training reads the question), got {mode!r}; "
+                        "leave it out to let the run's recipe choose")
+    return Record([c for c in context if c.strip()], obj["prompt"].strip(), obj["answer"].strip(), mode)
 
 
 def _parse_raw(raw: bytes, where: str) -> Record:
@@ -173,7 +181,7 @@ def make_tasks(record: Record, model, rng: random.Random, understanding_ratio: f
     chunks = model.chunk(record.context)
     tasks = []
     if record.prompt is not None:
-        tasks.append(Task("reasoning", chunks, record.answer, record.prompt))
+        tasks.append(Task("reasoning", chunks, record.answer, record.prompt, mode=record.mode))
     if record.prompt is None or rng.random() < understanding_ratio:
         restate = restate_task(chunks, rng, window_chunks)
         if restate is not None:

@@ -56,6 +56,7 @@ class TrainingArgs:
     reasoning_weight: float = 1.0
     window_chunks: int = 2
     max_chunks: int = 96
+    encoder_grad_chunks: int = 0  # > 0: the encoder's gradient flows through at most this many chunks of a batch
     soft_ratio: float = 0.0  # with --mode hybrid: share of reasoning tasks read from soft tokens alone
     answer_out_ratio: float = 0.0  # hybrid: share whose answer-holding chunks are kept out of the raw passages
     distill: float = 0.0  # weight of the KL term to the starting checkpoint reading the answer's passages (rag)
@@ -144,7 +145,7 @@ class Trainer:
             # Only the last backward of the step synchronises gradients across processes.
             sync = i == len(batches) - 1
             with (contextlib.nullcontext() if sync else acc.no_sync(self.trainable)), acc.autocast():
-                batch_losses = self.trainable(batch, args.mode, args.distill)
+                batch_losses = self.trainable(batch, args.mode, args.distill, args.encoder_grad_chunks)
             weights = torch.tensor([self._weight(t.kind) for t in batch], device=batch_losses.device)
             acc.backward((batch_losses * weights).sum() / total_weight)
             for task, loss in zip(batch, batch_losses.tolist(), strict=True):
@@ -274,9 +275,9 @@ def read_as(task: Task, args: TrainingArgs, rng: random.Random) -> Task:
     """How a training task is read: the recipe for hybrid training (a mode that reads soft tokens and raw passages) reads
     some questions from soft tokens alone (`soft_ratio`), and keeps the chunks that hold the answer out of the raw
     passages in some (`answer_out_ratio`), so the decoder must learn to find answers in the soft tokens. Other tasks and
-    modes are read as they are."""
+    modes, and lines that name their own mode, are read as they are."""
     reader = reader_for(args.mode)
-    if task.kind != "reasoning" or not (reader.reads_soft and reader.reads_raw):
+    if task.kind != "reasoning" or task.mode is not None or not (reader.reads_soft and reader.reads_raw):
         return task
     if rng.random() < args.soft_ratio:
         return dataclasses.replace(task, mode=SoftReader.mode)
