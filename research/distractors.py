@@ -1,12 +1,13 @@
-"""Questions whose answer stands in one document among hundreds of chunks of others, read in hybrid.
+"""Questions whose answer stands in one document among hundreds of chunks of other documents, read in hybrid.
 
     python -m research.distractors runs/r9_train.jsonl --n 2000 --words 1500:15000 --seed 33 --out runs/distractors.jsonl
 
 The long-context probe's misses (docs/eval/long-context/README.md) read the planted fact as the first raw passage and
 still answer with a name the soft tokens of 512 chunks of speeches hold; the same sentence alone is answered right.
 Training contexts stayed under 100 chunks. Here each entity question (plain and other-sentence ones, and their
-counterfactual copies, whose answers no prior gives away) keeps its own context and gets documents of *other* sources'
-paragraphs, none holding the answer, up to a word count drawn log-uniformly from `--words` (at 50-token chunks,
+counterfactual copies, whose answers no prior gives away) keeps its own context and gets other documents' paragraphs
+(of any source: a novel's other chapters name other people, as the probe's speeches do), none holding the answer, up
+to a word count drawn log-uniformly from `--words` (at 50-token chunks,
 about 40 to 400 chunks: a curriculum from short to long in every batch). Every line says ``"mode": "hybrid"``: the
 answer is to be copied from a raw passage, never guessed from soft tokens alone. Sources in `--exclude-sources` (by
 default the State of the Union addresses, the probe's filler) give no distractors. The task is named
@@ -27,9 +28,9 @@ from research.lookalike import TASKS, paragraphs
 
 def distractors(records: list[dict], n: int, seed: int, words: tuple[int, int] = (1500, 15000),
                 exclude_sources: frozenset[str] = frozenset({"sotu"})) -> list[dict]:
-    """Up to `n` of `records`' entity questions, each with other sources' documents added up to a drawn word count."""
+    """Up to `n` of `records`' entity questions, each with other documents added up to a drawn word count."""
     rng = random.Random(seed)
-    pool: list[tuple[str, list[str]]] = []  # (source, a document's paragraphs), one entry per distinct window
+    pool: list[tuple[str, list[str]]] = []  # (doc_id, a window's paragraphs), one entry per distinct window
     seen = set()
     for r in records:
         if r.get("counterfactual") or r.get("source") in exclude_sources:
@@ -37,7 +38,7 @@ def distractors(records: list[dict], n: int, seed: int, words: tuple[int, int] =
         kept = [p for p in paragraphs(r) if p[:120] not in seen]
         seen.update(p[:120] for p in kept)
         if kept:
-            pool.append((r["source"], kept))
+            pool.append((r["doc_id"], kept))
     questions = [r for r in records if r.get("task") in TASKS and isinstance(r.get("context"), str)]
     rng.shuffle(questions)
     out = []
@@ -47,8 +48,8 @@ def distractors(records: list[dict], n: int, seed: int, words: tuple[int, int] =
         for _ in range(50 * len(pool)):
             if total >= budget:
                 break
-            source, doc = rng.choice(pool)
-            if source == r["source"]:  # another source: no near-copy of the question's document, no second answer
+            doc_id, doc = rng.choice(pool)
+            if doc_id == r["doc_id"]:  # another document: no second window of the question's own
                 continue
             kept = [p for p in doc if not answer.search(p)]
             if kept:
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     made = distractors(records, args.n, args.seed, (low, high), frozenset(filter(None, args.exclude_sources.split(","))))
     with args.out.open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in made)
-    print(f"{args.out}: {len(made)} questions among other sources' documents")
+    print(f"{args.out}: {len(made)} questions among other documents")
     return 0
 
 
