@@ -1,11 +1,14 @@
 """Training throughput of E2LLM on this machine: a baseline setting against a faster one, in the same run.
 
     python benchmarks/train_throughput.py --data data/v2/train.jsonl --steps 12 --batch-size 4
+    python benchmarks/train_throughput.py --data runs/distractors.jsonl --steps 6 --encoder-grad-chunks 96   # long contexts
 
 Runs the work of finetune steps (`model(tasks, mode)`: the paper's two tasks, LoRA on encoder and decoder, the
 adapter; forward, backward, AdamW) on the embedded models, first as the baseline (fp32, one example per forward), then
 with bf16 autocast around the frozen base models and `--batch-size` examples per padded forward. Both read the same
-examples. Prints examples/s of each, their ratio, and the per-step breakdown. Not a test: numbers depend on the machine.
+examples. With `--encoder-grad-chunks N`, a third setting: the second with the encoder's gradient through at most N
+chunks a batch (`finetune --encoder-grad-chunks`), the rest encoded without it. Prints examples/s of each, their
+ratios to the baseline, and the per-step breakdown. Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def time_children(model: torch.nn.Module, times: dict) -> None:
         child.register_forward_hook(stop)
 
 
-def measure(model: E2LLM, examples: list, batch_size: int, bf16: bool, mode: str, warmup: int) -> dict:
+def measure(model: E2LLM, examples: list, batch_size: int, bf16: bool, mode: str, warmup: int,
+            encoder_grad_chunks: int = 0) -> dict:
     """Examples/s over `examples` (lists of tasks), `batch_size` examples per forward; the first `warmup` batches untimed."""
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-6)
     times: dict = defaultdict(float)
@@ -51,7 +55,7 @@ def measure(model: E2LLM, examples: list, batch_size: int, bf16: bool, mode: str
         clock = time.perf_counter()
         tasks = [task for example in batch for task in example]
         with autocast:
-            losses = model(tasks, mode)
+            losses = model(tasks, mode, encoder_grad_chunks=encoder_grad_chunks)
         step_times["forward"] = time.perf_counter() - clock
         clock = time.perf_counter()
         losses.sum().backward()
@@ -79,6 +83,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed batches of the faster setting")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
+    parser.add_argument("--encoder-grad-chunks", type=int, default=0,
+                        help="> 0: also time the encoder's gradient through at most this many chunks a batch")
     args = parser.parse_args()
 
     model = E2LLM.from_pretrained(args.model, store=False)
@@ -89,16 +95,20 @@ def main() -> None:
     examples = [make_tasks(data.read(rng.randrange(len(data))), model, rng, 0.3, 2) for _ in range(n)]
     print(f"threads {torch.get_num_threads()}, {n} examples ({sum(map(len, examples))} tasks), mode {args.mode}")
     results = {}
-    for name, batch_size, bf16 in (("baseline fp32, 1 per forward", 1, False),
-                                   (f"bf16 autocast, {args.batch_size} per forward", args.batch_size, True)):
-        r = measure(model, examples, batch_size, bf16, args.mode, warmup=args.warmup * args.batch_size // batch_size)
+    settings = [("baseline fp32, 1 per forward", 1, False, 0),
+                (f"bf16 autocast, {args.batch_size} per forward", args.batch_size, True, 0)]
+    if args.encoder_grad_chunks:
+        settings.append((f"the same, encoder gradient through {args.encoder_grad_chunks} chunks", args.batch_size, True,
+                         args.encoder_grad_chunks))
+    for name, batch_size, bf16, grad_chunks in settings:
+        r = measure(model, examples, batch_size, bf16, args.mode, args.warmup * args.batch_size // batch_size, grad_chunks)
         results[name] = r
         r["times"]["decoder"] = r["times"]["forward"] - r["times"].get("encoder", 0) - r["times"].get("adapter", 0)
         parts = ("encoder", "adapter", "decoder", "backward", "optimizer")
         print(f"{name}: {r['per_s']:.3f} examples/s ({r['examples']} examples in {r['seconds']:.1f} s); per example: "
               + "   ".join(f"{k} {r['times'].get(k, 0) / r['examples'] * 1000:.0f} ms" for k in parts))
-    base, fast = results.values()
-    print(f"speed-up: {fast['per_s'] / base['per_s']:.2f}x examples/s")
+    base, *faster = results.values()
+    print("speed-up: " + ", ".join(f"{r['per_s'] / base['per_s']:.2f}x" for r in faster) + " examples/s")
 
 
 if __name__ == "__main__":

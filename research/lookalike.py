@@ -2,6 +2,8 @@
 about the same things, and only one holds the answer.
 
     python -m research.lookalike runs/r9_train.jsonl --n 900 --seed 32 --out runs/lookalike.jsonl
+    python -m research.lookalike runs/r9_train.jsonl --n 1500 --negatives 30:100 --neg-words 9000 --mode hybrid \
+        --seed 34 --out runs/lookalike_soft.jsonl       # look-alikes past the raw budget, read as soft tokens
 
 The long-context probe's misses (docs/eval/long-context/README.md) read the planted fact as the first raw passage
 and still answer with a name from the next ones: speech passages about lighthouses, captains and commodores, ranked
@@ -10,6 +12,12 @@ share nothing with the question. Here each entity question (plain and other-sent
 copies, whose answers no prior gives away) keeps its own context and gets 3-8 paragraphs of *other documents of the
 same source* that BM25 ranks highest for the question and that do not hold the answer (at most `--neg-words` words in
 all), shuffled in as separate documents. The task is named ``lookalike_<task>``.
+
+With many look-alikes (``--negatives 30:100``) most of them stand past the raw-passage budget and are read as soft
+tokens: the probe's case, where the same planted sentence read with two raw passages and no soft tokens is answered
+right and with the soft tokens of 512 look-alike chunks beside it is not. ``--mode hybrid`` pins such lines to hybrid
+reading, so the recipe never reads them from soft tokens alone nor hides the answer's passage (which would teach the
+opposite: to take the answer from the soft tokens over the raw passage).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ def paragraphs(record: dict) -> list[str]:
 
 
 def lookalike(records: list[dict], n: int, seed: int, negatives: tuple[int, int] = (3, 8),
-              neg_words: int = 1200) -> list[dict]:
+              neg_words: int = 1200, mode: str | None = None) -> list[dict]:
     """Up to `n` of `records`' entity questions, each with look-alike paragraphs of other documents added."""
     rng = random.Random(seed)
     by_source: dict[str, list[tuple[str, str]]] = defaultdict(list)  # source -> (doc_id, paragraph), deduplicated
@@ -70,7 +78,7 @@ def lookalike(records: list[dict], n: int, seed: int, negatives: tuple[int, int]
         docs.append(r["context"])
         rng.shuffle(docs)
         out.append({**r, "context": docs, "needle_index": docs.index(r["context"]), "n_docs": len(docs),
-                    "task": "lookalike_" + r["task"]})
+                    "task": "lookalike_" + r["task"], **({"mode": mode} if mode else {})})
     return out
 
 
@@ -80,10 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=900, help="questions to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--neg-words", type=int, default=1200, help="words of look-alike paragraphs added to a question")
+    p.add_argument("--negatives", default="3:8", help="LOW:HIGH look-alike paragraphs a question gets (fewer: skipped)")
+    p.add_argument("--mode", choices=["soft", "hybrid", "rag"], default=None,
+                   help="pin how training reads these lines (default: as the run's recipe draws it)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     records = [json.loads(line) for line in open(args.data) if line.strip()]
-    made = lookalike(records, args.n, args.seed, neg_words=args.neg_words)
+    low, high = (int(x) for x in args.negatives.split(":"))
+    if not 0 < low <= high:
+        raise SystemExit(f"--negatives must be LOW:HIGH with 0 < LOW <= HIGH, got {args.negatives}")
+    made = lookalike(records, args.n, args.seed, (low, high), args.neg_words, args.mode)
     with args.out.open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in made)
     print(f"{args.out}: {len(made)} questions among look-alike passages")
