@@ -206,6 +206,9 @@ def _check_output(output: Path, signature: dict, resume: bool, overwrite: bool) 
         if previous is None:
             raise DataError(f"--resume: {run_file} is unreadable or not written by finetune; resume a finetune run's "
                             "directory, or start a new run elsewhere")
+        # A setting added after the run started is absent from its run.json: it ran at that setting's default.
+        defaults = {f.name: f.default for f in fields(TrainingArgs) if f.name in signature and f.name not in previous}
+        previous = {**defaults, **previous}
         if previous != signature:
             changed = sorted(k for k in set(previous) | set(signature) if previous.get(k) != signature.get(k))
             raise DataError(f"--resume: {output} holds a run with different settings ({', '.join(changed)})")

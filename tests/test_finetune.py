@@ -178,6 +178,17 @@ def test_output_of_another_run_is_not_overwritten(tiny_dirs, data, tmp_path, cap
     assert finetune.main(_args(tiny_dirs, data, out, "--max-steps", "1", "--seed", "9", "--overwrite")) == 0
 
 
+def test_a_run_recorded_before_a_setting_existed_resumes_at_its_default(tiny_dirs, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert finetune.main(_args(tiny_dirs, data, out, "--max-steps", "1", "--save-every", "1")) == 0
+    recorded = json.loads((out / "run.json").read_text())
+    del recorded["encoder_grad_chunks"]  # as an earlier version wrote it
+    (out / "run.json").write_text(json.dumps(recorded))
+    assert finetune.main(_args(tiny_dirs, data, out, "--max-steps", "1", "--save-every", "1", "--resume")) == 0
+    assert finetune.main(_args(tiny_dirs, data, out, "--max-steps", "1", "--resume", "--encoder-grad-chunks", "4")) == 2
+    assert "different settings (encoder_grad_chunks)" in capsys.readouterr().err
+
+
 # ---- lines the decoder can never read, and every read naming its line ------------------------------------------
 
 def _qa(prompt="When do cats hunt?", answer="At night.", context="Cats sleep for most of the day. They hunt at night."):
