@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 
 from e2llm_plugin.autodata.questions import word_pattern
-from research.lookalike import TASKS, paragraphs
+from research.lookalike import TASKS, paragraphs, span
 
 
 def distractors(records: list[dict], n: int, seed: int, words: tuple[int, int] = (1500, 15000),
@@ -73,11 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    low, high = (int(w) for w in args.words.split(":"))
-    if not 0 < low <= high:
-        raise SystemExit(f"--words must be LOW:HIGH with 0 < LOW <= HIGH, got {args.words}")
+    words = span(args.words, "--words")
     records = [json.loads(line) for line in open(args.data) if line.strip()]
-    made = distractors(records, args.n, args.seed, (low, high), frozenset(filter(None, args.exclude_sources.split(","))))
+    made = distractors(records, args.n, args.seed, words, frozenset(filter(None, args.exclude_sources.split(","))))
     with args.out.open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in made)
     print(f"{args.out}: {len(made)} questions among other documents")

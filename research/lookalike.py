@@ -34,6 +34,17 @@ from e2llm_plugin.ranking import Bm25
 TASKS = ("entity_qa", "entity_qa_other_sentence", "entity_qa_counterfactual", "entity_qa_other_sentence_counterfactual")
 
 
+def span(value: str, flag: str) -> tuple[int, int]:
+    """LOW:HIGH of a command-line flag, 0 < LOW <= HIGH; else exit naming the flag."""
+    try:
+        low, high = (int(x) for x in value.split(":"))
+    except ValueError:
+        low = high = 0
+    if not 0 < low <= high:
+        raise SystemExit(f"{flag} must be LOW:HIGH with 0 < LOW <= HIGH, got {value}")
+    return low, high
+
+
 def paragraphs(record: dict) -> list[str]:
     """A record's own paragraphs (none from a haystack, whose context holds other documents' passages)."""
     context = record.get("context")
@@ -93,11 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="pin how training reads these lines (default: as the run's recipe draws it)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    negatives = span(args.negatives, "--negatives")
     records = [json.loads(line) for line in open(args.data) if line.strip()]
-    low, high = (int(x) for x in args.negatives.split(":"))
-    if not 0 < low <= high:
-        raise SystemExit(f"--negatives must be LOW:HIGH with 0 < LOW <= HIGH, got {args.negatives}")
-    made = lookalike(records, args.n, args.seed, (low, high), args.neg_words, args.mode)
+    made = lookalike(records, args.n, args.seed, negatives, args.neg_words, args.mode)
     with args.out.open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in made)
     print(f"{args.out}: {len(made)} questions among look-alike passages")
