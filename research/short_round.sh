@@ -13,8 +13,10 @@
 #   ROUND=32l SEED=32 ADD=runs/lookalike.jsonl MAX_CHUNKS=64 bash research/short_round.sh   # plus questions among
 #     look-alike passages (python -m research.lookalike runs/r9_train.jsonl --n 900 --seed 32 --out runs/lookalike.jsonl)
 #   ROUND=33d SEED=33 ADD=runs/distractors.jsonl MAX_CHUNKS=512 GRAD_CHUNKS=96 THREADS=2 bash research/short_round.sh
-#     # plus questions among hundreds of chunks of other sources (python -m research.distractors runs/r9_train.jsonl
+#     # plus questions among hundreds of chunks of other documents (python -m research.distractors runs/r9_train.jsonl
 #     --n 2000 --seed 33 --out runs/distractors.jsonl), the encoder's gradient through at most 96 chunks a batch
+#   ROUND=34l SEED=34 ADD=runs/lookalike_soft.jsonl MAX_CHUNKS=512 GRAD_CHUNKS=96 THREADS=2 MINUTES=45 bash research/short_round.sh
+#     # plus look-alikes past the raw budget (research.lookalike's docstring gives the command)
 #
 # Resumable like the campaign. The whole benchmark afterwards: ROUND=22s SEED=22 bash research/campaign_round.sh
 # (its data and training steps are skipped once runs/r$ROUND.jsonl and the weights exist).
